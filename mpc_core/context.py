@@ -1,0 +1,181 @@
+"""The per-participant context: who I am, my transport, my PRG seeds, the suite, and the accounting.
+
+Every participant (compute parties 0..n-1 and, in 2pc, the dealer) builds one :class:`Context` per job and
+runs the same program with it (SPMD).  There is no global state: everything a protocol needs is reached
+through the context that is passed explicitly.
+
+Participants are numbered 0, 1, 2 in both suites: in ``2pc`` participant 2 is the dealer, in ``3pc`` it is
+the third compute party.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpc_core.prg import PRG, SEED_BYTES, fresh_seed
+from mpc_core.ring import FixedPoint
+from mpc_core.transport.base import ProtocolError, Transport
+
+PARTICIPANTS = 3
+DEALER = 2  # the dealer's participant number in 2pc
+
+
+@dataclass
+class OpStats:
+    """Traffic sent by this participant under one named operation."""
+
+    bytes_sent: int = 0
+    messages: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "bytes": self.bytes_sent,
+            "messages": self.messages,
+            "rounds": self.rounds,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class CommStats:
+    """Bytes, messages and rounds this participant sent, in total and per top-level named operation.
+
+    ``rounds`` counts communication steps on the online critical path (a participant sends, then waits
+    for what it needs).  The dealer's messages are offline: they count as bytes but not as rounds.
+    """
+
+    total: OpStats = field(default_factory=OpStats)
+    by_op: dict[str, OpStats] = field(default_factory=lambda: defaultdict(OpStats))
+
+    def record_send(self, op: str, nbytes: int) -> None:
+        self.total.bytes_sent += nbytes
+        self.total.messages += 1
+        self.by_op[op].bytes_sent += nbytes
+        self.by_op[op].messages += 1
+
+    def record_round(self, op: str) -> None:
+        self.total.rounds += 1
+        self.by_op[op].rounds += 1
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        out = {"total": self.total.as_dict()}
+        out.update({name: stats.as_dict() for name, stats in self.by_op.items()})
+        return out
+
+
+class Context:
+    """One participant's view of a job.  Create with :meth:`create`, then call :meth:`setup`."""
+
+    def __init__(self, participant: int, suite_name: str, transport: Transport, fixed_point: FixedPoint):
+        from mpc_core.suites import make_suite
+
+        if participant not in range(PARTICIPANTS):
+            raise ValueError(f"participant must be 0, 1 or 2, got {participant}")
+        self.participant = participant
+        self.transport = transport
+        self.fp = fixed_point
+        self.stats = CommStats()
+        self._pair_prgs: dict[int, PRG] = {}
+        self._op_stack: list[str] = []
+        self._pair_counters: dict[tuple[int, int], int] = defaultdict(int)
+        self.suite = make_suite(suite_name, self)
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def is_dealer(self) -> bool:
+        """True for a participant that holds no shares (the 2pc dealer)."""
+        return self.suite.is_dealer(self.participant)
+
+    # ---------------------------------------------------------------- randomness
+    def setup(self) -> None:
+        """Agree a fresh PRG seed with every other participant (the lower number picks and sends it).
+
+        Over the cluster's mutually authenticated TLS channels this is a semi-honest key agreement; seeds
+        never leave the two participants that share them.
+        """
+        with self.op("setup"):
+            for peer in range(PARTICIPANTS):
+                if peer == self.participant:
+                    continue
+                if self.participant < peer:
+                    seed = fresh_seed()
+                    self.send(peer, np.frombuffer(seed, dtype=np.uint8))
+                else:
+                    seed = self.recv(peer, (SEED_BYTES,), np.uint8).tobytes()
+                self._pair_prgs[peer] = PRG(seed)
+            self.stats.record_round(self.current_op)
+        self.private_prg = PRG(fresh_seed())
+
+    def prg_with(self, peer: int) -> PRG:
+        """The PRG whose seed this participant shares with ``peer`` (and nobody else)."""
+        try:
+            return self._pair_prgs[peer]
+        except KeyError:
+            raise RuntimeError("Context.setup() must run before any protocol") from None
+
+    # ---------------------------------------------------------------- accounting
+    @property
+    def current_op(self) -> str:
+        return self._op_stack[0] if self._op_stack else "other"
+
+    @contextlib.contextmanager
+    def op(self, name: str) -> Iterator[None]:
+        """Attribute traffic and time inside the block to ``name`` (outermost name wins)."""
+        outermost = not self._op_stack
+        self._op_stack.append(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._op_stack.pop()
+            if outermost:
+                self.stats.by_op[name].seconds += time.perf_counter() - start
+
+    # ---------------------------------------------------------------- messages
+    def send(self, to: int, payload: np.ndarray) -> None:
+        """Send one message (tagged with this participant's message counter for the pair)."""
+        payload = np.ascontiguousarray(payload)
+        self.transport.send(to, self._tag_for(to), payload)
+        self.stats.record_send(self.current_op, payload.nbytes)
+
+    def recv(self, frm: int, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """Receive the next message from ``frm`` and check it has the shape and dtype expected."""
+        payload = self.transport.recv(frm, self._tag_from(frm))
+        if payload.dtype != np.dtype(dtype) or payload.shape != tuple(shape):
+            raise ProtocolError(
+                f"participant {self.participant} expected {np.dtype(dtype)}{tuple(shape)} from {frm}, "
+                f"got {payload.dtype}{payload.shape}: mismatched shapes or suites between parties"
+            )
+        return payload
+
+    def exchange(
+        self,
+        sends: dict[int, np.ndarray],
+        receives: dict[int, tuple[tuple[int, ...], np.dtype | type]],
+    ) -> dict[int, np.ndarray]:
+        """One communication round: send everything, then receive everything (counted as one round)."""
+        for to, payload in sends.items():
+            self.send(to, payload)
+        received = {frm: self.recv(frm, shape, dtype) for frm, (shape, dtype) in receives.items()}
+        self.stats.record_round(self.current_op)
+        return received
+
+    # Per-pair counters: both ends of a pair count the messages of that pair, so tags agree exactly when
+    # both run the same program.
+    def _tag_for(self, to: int) -> str:
+        return self._pair_tag(self.participant, to)
+
+    def _tag_from(self, frm: int) -> str:
+        return self._pair_tag(frm, self.participant)
+
+    def _pair_tag(self, src: int, dst: int) -> str:
+        self._pair_counters[(src, dst)] += 1
+        return f"{src}->{dst}#{self._pair_counters[(src, dst)]}"

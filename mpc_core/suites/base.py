@@ -1,0 +1,102 @@
+"""The small interface every protocol suite satisfies.
+
+Shares are numpy ``uint64`` arrays with a leading *slot* axis: one slot for 2-of-2 additive sharing, two
+for replicated sharing.  Everything that is local and linear on that layout (add, subtract, negate,
+multiply by a public integer, reshape, transpose, index, sum) is identical in all suites and lives in
+:class:`mpc_core.tensor.SharedTensor`; a suite implements only what differs: sharing, opening, adding a
+public value, products, truncation and the nonlinear kernels (one-round trig, most significant bit).
+
+Fixed-point products come out of :meth:`Suite.mul` and :meth:`Suite.matmul` with 2f fractional bits;
+the caller truncates (so several products can be summed before one truncation).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mpc_core.prg import PRG
+from mpc_core.ring import RING_DTYPE
+
+if TYPE_CHECKING:
+    from mpc_core.context import Context
+
+
+class Suite(ABC):
+    """One participant's implementation of a protocol suite."""
+
+    name: str
+    #: Number of ring elements each compute party holds per secret element.
+    slots: int
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # ------------------------------------------------------------------ roles
+    @staticmethod
+    @abstractmethod
+    def is_dealer(participant: int) -> bool:
+        """Whether ``participant`` holds no shares in this suite."""
+
+    def dummy(self, shape: tuple[int, ...]) -> np.ndarray:
+        """What a share-less participant carries for a secret of this shape (zeros, never read)."""
+        return np.zeros((self.slots, *shape), dtype=RING_DTYPE)
+
+    # ------------------------------------------------------------------ sharing
+    @staticmethod
+    @abstractmethod
+    def split(secret: np.ndarray, prg: PRG) -> list[np.ndarray]:
+        """Shares of a ring array for every compute party (used by data and model owners)."""
+
+    @staticmethod
+    @abstractmethod
+    def combine(shares: Sequence[np.ndarray]) -> np.ndarray:
+        """Reconstruct a ring array from every compute party's share; checks consistency."""
+
+    @abstractmethod
+    def input(self, secret: np.ndarray | None, shape: tuple[int, ...], owner: int) -> np.ndarray:
+        """Secret-share a ring array held by compute party ``owner`` (others pass None)."""
+
+    @abstractmethod
+    def reveal(self, data: np.ndarray, check: bool = True) -> np.ndarray:
+        """Open a shared ring array to every compute party (zeros at the dealer)."""
+
+    @abstractmethod
+    def add_public(self, data: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Shares of x + c for public ring values c (broadcasting)."""
+
+    # ------------------------------------------------------------------ products (untruncated)
+    @abstractmethod
+    def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Elementwise product of two shared arrays (numpy broadcasting)."""
+
+    @abstractmethod
+    def square(self, a: np.ndarray) -> np.ndarray:
+        """Elementwise square (cheaper than mul(a, a))."""
+
+    @abstractmethod
+    def matmul(self, a: np.ndarray, b: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
+        """``a @ b``.  ``fixed_key`` names a right operand reused across calls (a weight)."""
+
+    @abstractmethod
+    def truncate(self, data: np.ndarray, bits: int) -> np.ndarray:
+        """Shares of x / 2^bits (probabilistic truncation; see the suite's error bound)."""
+
+    # ------------------------------------------------------------------ nonlinear kernels
+    @abstractmethod
+    def trig(
+        self, data: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Shares of cos(2 pi k x / 2^period_bits) and sin(...) for each k, x the signed ring value.
+
+        Results are fixed point with ``frac_bits`` fractional bits.  One round opens
+        delta = (x + t) mod 2^period_bits for a dealt t uniform over the period, which is perfectly
+        uniform and so independent of x.
+        """
+
+    @abstractmethod
+    def msb(self, data: np.ndarray) -> np.ndarray:
+        """Shares (as ring integers 0 or 1) of the most significant bit of x: 1 iff x < 0 (signed)."""

@@ -1,0 +1,273 @@
+"""2-of-2 additive protocols between two parties with a third participant as the dealer.
+
+The 2pc suite runs everything here with P0, P1 and the dealer D.  The 3pc suite reuses the nonlinear
+kernels (trig, msb) with P2 as the generator: a replicated sharing is a 2-of-2 sharing between P0 and P1
+at no cost, and P2, which never sees an opened value of those kernels, plays the dealer (DESIGN.md §3).
+
+Correlated randomness: the dealer derives P0's part of every triple from the seed it shares with P0 and
+P1's random parts from the seed it shares with P1, so it sends P1 only the corrections (for a triple
+(a, b, c = a * b) just c - c0).  A party never learns a mask together with the value it masks: the
+dealer never receives anything.
+
+Products use one formula for every bilinear operation ``op`` (elementwise product, matrix product, AND):
+with E = x - a and F = y - b opened, each party sets z_i = op(E, y_i) + op(a_i, F) + c_i, which sums to
+op(E, y) + op(a, y - b) + op(a, b) = op(x, y).  When y is a fixed operand (a weight), F is opened once
+and cached, so later calls open only E.
+
+Truncation (SecureML Thm 1, made unbiased as in SPU): P0 computes x0 >> k, P1 computes -((-x1) >> k).
+With x0 uniform the result is x >> k up to one unit in the last place, except with probability about
+|x| / 2^63 per element, when it is off by 2^(64 - k) (see docs/engine.md for the figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mpc_core.ring import RING_DTYPE, SplitOperand, ring_matmul, to_signed
+
+if TYPE_CHECKING:
+    from mpc_core.context import Context
+
+_ONE = np.uint64(1)
+_WORD_SHIFTS = (1, 2, 4, 8, 16, 32)
+
+
+def truncate_share(share: np.ndarray, bits: int, role: int) -> np.ndarray:
+    """One party's local truncation of its 2-of-2 share (SPU's unbiased SecureML variant)."""
+    if role == 0:
+        return (to_signed(share) >> bits).view(RING_DTYPE)
+    return (-((to_signed(-share)) >> bits)).view(RING_DTYPE)
+
+
+def _mul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return x * y
+
+
+def _and(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return x & y
+
+
+class TwoPartyCore:
+    """2-of-2 protocols for one participant: ``role`` is 0 or 1 for the parties, ``'dealer'`` for D."""
+
+    def __init__(self, ctx: Context, p0: int, p1: int, dealer: int) -> None:
+        self.ctx = ctx
+        self.p0, self.p1, self.dealer = p0, p1, dealer
+        me = ctx.participant
+        self.role: int | str = 0 if me == p0 else 1 if me == p1 else "dealer"
+        self.other = p1 if me == p0 else p0
+        self._fixed: dict[str, tuple[SplitOperand, SplitOperand]] = {}
+        self._dealer_fixed: dict[str, SplitOperand] = {}
+
+    @property
+    def is_dealer(self) -> bool:
+        return self.role == "dealer"
+
+    # ------------------------------------------------------------------ opening
+    def open(self, shares: Sequence[np.ndarray], xor: bool = False) -> list[np.ndarray]:
+        """Open several 2-of-2 shared arrays in one round (zeros at the dealer)."""
+        if self.is_dealer:
+            return [np.zeros_like(s) for s in shares]
+        dtype = shares[0].dtype
+        flat = np.concatenate([np.ravel(s) for s in shares]) if len(shares) > 1 else np.ravel(shares[0])
+        theirs = self.ctx.exchange({self.other: flat}, {self.other: (flat.shape, dtype)})[self.other]
+        total = flat ^ theirs if xor else flat + theirs
+        out, start = [], 0
+        for s in shares:
+            out.append(total[start : start + s.size].reshape(s.shape))
+            start += s.size
+        return out
+
+    # ------------------------------------------------------------------ correlated randomness
+    def _dealt(self, shape: tuple[int, ...], make: Callable[[], np.ndarray] | None, xor: bool = False) -> np.ndarray:
+        """One dealt value: P0's share from its seed, P1's as a correction sent by the dealer.
+
+        ``make`` (called at the dealer only) computes the value to be shared.
+        """
+        if self.role == 0:
+            return self.ctx.prg_with(self.dealer).ring(shape)
+        if self.role == 1:
+            return self.ctx.recv(self.dealer, shape, RING_DTYPE)
+        share0 = self.ctx.prg_with(self.p0).ring(shape)
+        value = make()
+        self.ctx.send(self.p1, (value ^ share0) if xor else (value - share0))
+        return share0  # unused by the dealer; returned for a uniform signature
+
+    def _random_pair(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """A uniformly random shared mask: (this party's share, the full value at the dealer)."""
+        if self.is_dealer:
+            s0 = self.ctx.prg_with(self.p0).ring(shape)
+            s1 = self.ctx.prg_with(self.p1).ring(shape)
+            return s0, (s0, s1)
+        return self.ctx.prg_with(self.dealer).ring(shape), None
+
+    # ------------------------------------------------------------------ products
+    def beaver(self, op: str, x: np.ndarray, y: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
+        """Shares of op(x, y) for op in {'mul', 'matmul', 'and'} ('and' on XOR-shared words)."""
+        if op == "matmul":
+            return self._matmul(x, y, fixed_key)
+        fn, xor = (_and, True) if op == "and" else (_mul, False)
+        combine = np.bitwise_xor if xor else np.add
+        out_shape = np.broadcast_shapes(x.shape, y.shape)
+        a, a_parts = self._random_pair(x.shape)
+        b, b_parts = self._random_pair(y.shape)
+        if self.is_dealer:
+            a_full = a_parts[0] ^ a_parts[1] if xor else a_parts[0] + a_parts[1]
+            b_full = b_parts[0] ^ b_parts[1] if xor else b_parts[0] + b_parts[1]
+            self._dealt(out_shape, lambda: fn(a_full, b_full), xor=xor)
+            return np.zeros(out_shape, dtype=RING_DTYPE)
+        c = self._dealt(out_shape, None, xor=xor)
+        e, f = self.open([combine(x, a) if xor else x - a, combine(y, b) if xor else y - b], xor=xor)
+        return combine(combine(fn(e, y), fn(a, f)), c)
+
+    def square(self, x: np.ndarray) -> np.ndarray:
+        """x^2 from a dealt pair (a, a^2): open only E = x - a; z_i = E x_i + a_i E + c_i."""
+        a, a_parts = self._random_pair(x.shape)
+        if self.is_dealer:
+            a_full = a_parts[0] + a_parts[1]
+            self._dealt(x.shape, lambda: a_full * a_full)
+            return np.zeros(x.shape, dtype=RING_DTYPE)
+        c = self._dealt(x.shape, None)
+        (e,) = self.open([x - a])
+        return e * x + a * e + c
+
+    def _matmul(self, x: np.ndarray, y: np.ndarray, fixed_key: str | None) -> np.ndarray:
+        out_shape = np.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1])
+        a, a_parts = self._random_pair(x.shape)
+        if fixed_key is not None:
+            y_split, f_split, b_split = self._fixed_operand(fixed_key, y)
+        else:
+            b, b_parts = self._random_pair(y.shape)
+        if self.is_dealer:
+            a_full = a_parts[0] + a_parts[1]
+            b_full = b_split if fixed_key is not None else b_parts[0] + b_parts[1]
+            self._dealt(out_shape, lambda: ring_matmul(a_full, b_full))
+            return np.zeros(out_shape, dtype=RING_DTYPE)
+        c = self._dealt(out_shape, None)
+        if fixed_key is not None:
+            (e,) = self.open([x - a])
+        else:
+            e, f = self.open([x - a, y - b])
+            y_split, f_split = SplitOperand(y, "right"), SplitOperand(f, "right")
+        return ring_matmul(e, y_split) + ring_matmul(a, f_split) + c
+
+    def _fixed_operand(self, key: str, y: np.ndarray):
+        """(split y_i, split F = y - b, dealer's split b) for a fixed right operand, opened once per key."""
+        if self.is_dealer:
+            if key not in self._dealer_fixed:
+                b0, (p0, p1) = self._random_pair(y.shape)
+                self._dealer_fixed[key] = SplitOperand(p0 + p1, "right")
+            return None, None, self._dealer_fixed[key]
+        if key not in self._fixed:
+            b, _ = self._random_pair(y.shape)
+            (f,) = self.open([y - b])
+            self._fixed[key] = (SplitOperand(y, "right"), SplitOperand(f, "right"))
+        y_split, f_split = self._fixed[key]
+        if y_split.shape != y.shape:
+            raise ValueError(f"fixed operand {key!r} was registered with shape {y_split.shape}, got {y.shape}")
+        return y_split, f_split, None
+
+    # ------------------------------------------------------------------ truncation
+    def truncate(self, x: np.ndarray, bits: int) -> np.ndarray:
+        if self.is_dealer:
+            return x
+        return truncate_share(x, bits, self.role)
+
+    # ------------------------------------------------------------------ bits
+    def bit_to_arith(self, bit: np.ndarray) -> np.ndarray:
+        """XOR-shared bits (0/1 in uint64) to additive shares of the same bits, one round.
+
+        The dealer deals r both ways; open c = b ^ r (one byte per element); b = c + r - 2 c r.
+        """
+        shape = bit.shape
+        r_bool, r_parts = self._random_pair(shape)
+        r_bool = r_bool & _ONE
+        if self.is_dealer:
+            r_full = (r_parts[0] ^ r_parts[1]) & _ONE
+            self._dealt(shape, lambda: r_full)
+            return np.zeros(shape, dtype=RING_DTYPE)
+        r_arith = self._dealt(shape, None)
+        (c,) = self.open([(bit ^ r_bool).astype(np.uint8)], xor=True)
+        c = c.astype(RING_DTYPE)
+        own_c = c if self.role == 0 else np.zeros_like(c)
+        return own_c + r_arith - (c << _ONE) * r_arith
+
+    def msb(self, x: np.ndarray) -> np.ndarray:
+        """Additive shares of the sign bit of x = x0 + x1 via a Kogge-Stone carry circuit.
+
+        Each party's share is one addend in boolean form, so P = x0 ^ x1 is free and G = x0 & x1 takes one
+        AND; six prefix levels (two ANDs each, in one round) give the carry into bit 63, and
+        msb = P[63] ^ carry.  Seven rounds of ANDs plus one to convert the bit: eight in all.
+        """
+        zero = np.zeros_like(x)
+        left = x if self.role == 0 else zero
+        right = x if self.role == 1 else zero
+        propagate = left ^ right
+        (generate,) = self.and_many([left], [right])
+        p, g = propagate, generate
+        for level, shift in enumerate(_WORD_SHIFTS):
+            s = np.uint64(shift)
+            if level + 1 < len(_WORD_SHIFTS):
+                gp, p_next = self.and_many([p, p], [g << s, p << s])
+                g, p = g ^ gp, p_next
+            else:
+                (gp,) = self.and_many([p], [g << s])
+                g = g ^ gp
+        sign = ((propagate ^ (g << _ONE)) >> np.uint64(63)) & _ONE
+        return self.bit_to_arith(sign)
+
+    def and_many(self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several AND gates on XOR-shared uint64 words in one round."""
+        shapes = [np.broadcast_shapes(x.shape, y.shape) for x, y in zip(xs, ys, strict=True)]
+        xs = [np.broadcast_to(x, s) for x, s in zip(xs, shapes, strict=True)]
+        ys = [np.broadcast_to(y, s) for y, s in zip(ys, shapes, strict=True)]
+        x = np.concatenate([v.ravel() for v in xs])
+        y = np.concatenate([v.ravel() for v in ys])
+        z = self.beaver("and", x, y)
+        out, start = [], 0
+        for s in shapes:
+            size = int(np.prod(s, dtype=np.int64))
+            out.append(z[start : start + size].reshape(s))
+            start += size
+        return out
+
+    # ------------------------------------------------------------------ trig
+    def trig(self, x: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int):
+        """cos and sin of 2 pi k x / 2^period_bits for each k (see Suite.trig), one round."""
+        if not 1 <= period_bits <= 63:
+            raise ValueError("period_bits must be in [1, 63]")
+        mask = np.uint64((1 << period_bits) - 1)
+        ks = np.asarray(list(harmonics), dtype=np.float64)
+        shape = x.shape
+        t, t_parts = self._random_pair(shape)
+        t = t & mask
+        wire = np.uint32 if period_bits <= 32 else RING_DTYPE
+        if self.is_dealer:
+            t_full = (t_parts[0] + t_parts[1]) & mask
+            angle = (2 * np.pi / 2.0**period_bits) * t_full.astype(np.float64)
+            scale = float(1 << frac_bits)
+
+            def tables() -> np.ndarray:
+                theta = ks.reshape((-1,) + (1,) * len(shape)) * angle
+                return np.rint(np.concatenate([np.cos(theta), np.sin(theta)]) * scale).astype(np.int64).view(
+                    RING_DTYPE
+                )
+
+            self._dealt((2 * len(ks), *shape), tables)
+            zeros = [np.zeros(shape, dtype=RING_DTYPE) for _ in ks]
+            return zeros, list(zeros)
+        table = self._dealt((2 * len(ks), *shape), None)
+        (delta,) = self.open([((x + t) & mask).astype(wire)])
+        delta = delta.astype(RING_DTYPE) & mask
+        theta = ks.reshape((-1,) + (1,) * len(shape)) * ((2 * np.pi / 2.0**period_bits) * delta.astype(np.float64))
+        scale = float(1 << frac_bits)
+        cos_d = np.rint(np.cos(theta) * scale).astype(np.int64).view(RING_DTYPE)
+        sin_d = np.rint(np.sin(theta) * scale).astype(np.int64).view(RING_DTYPE)
+        cos_t, sin_t = table[: len(ks)], table[len(ks) :]
+        # cos(k(d - t)) = cos kd cos kt + sin kd sin kt;  sin(k(d - t)) = sin kd cos kt - cos kd sin kt
+        cos_x = self.truncate(cos_d * cos_t + sin_d * sin_t, frac_bits)
+        sin_x = self.truncate(sin_d * cos_t - cos_d * sin_t, frac_bits)
+        return list(cos_x), list(sin_x)
