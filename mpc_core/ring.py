@@ -115,25 +115,36 @@ def truncate_public(x: np.ndarray, bits: int) -> np.ndarray:
 def split_limbs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split ring elements into signed limbs l0 + 2^22 l1 + 2^44 l2 (mod 2^64), as int64 arrays.
 
-    |l0|, |l1| <= 2^21 and |l2| <= 2^19 + 1 (the top limb carries only the last 20 bits).
+    |l0|, |l1| <= 2^21 and |l2| <= 2^19 + 1 (the top limb carries only the last 20 bits).  In-place
+    steps keep this to a few passes over memory: it runs once per fresh operand of every product.
     """
     x = np.asarray(x, dtype=RING_DTYPE)
-    l0 = ((x + _LIMB_HALF) & _LIMB_MASK).view(np.int64) - np.int64(_LIMB_HALF)
-    rest = (x - l0.view(RING_DTYPE)).view(np.int64) >> LIMB_BITS
-    l1 = ((rest.view(RING_DTYPE) + _LIMB_HALF) & _LIMB_MASK).view(np.int64) - np.int64(_LIMB_HALF)
-    l2 = (rest - l1) >> LIMB_BITS
-    return l0, l1, l2
+    half, shift = np.int64(_LIMB_HALF), np.int64(LIMB_BITS)
+    low = x + _LIMB_HALF
+    low &= _LIMB_MASK
+    l0 = low.view(np.int64)
+    l0 -= half
+    rest = (x - l0.view(RING_DTYPE)).view(np.int64)
+    rest >>= shift
+    mid = rest.view(RING_DTYPE) + _LIMB_HALF
+    mid &= _LIMB_MASK
+    l1 = mid.view(np.int64)
+    l1 -= half
+    rest -= l1
+    rest >>= shift
+    return l0, l1, rest
 
 
 class SplitOperand:
     """A ring operand split into float64 limbs once, for repeated products (weights, opened masks).
 
-    As a left operand it is stored as [l0 | l1 | l2] along its last axis; as a right operand as
-    [l2; l1; l0] along its inner axis.  Then the three partial products of :func:`ring_matmul` are
-    GEMMs over prefixes (left) and suffixes (right) of one array each, with no copies per product.
+    The inner dimension is cut into chunks of at most :data:`MAX_EXACT_INNER`.  Per chunk, a left operand
+    is stored as [l0 | l1 | l2] along its last axis and a right operand as [l2; l1; l0] along its inner
+    axis, so the three partial products of :func:`ring_matmul` are GEMMs over prefixes (left) and
+    suffixes (right) of one array each, with no copies per product.
     """
 
-    __slots__ = ("cat", "inner", "shape", "side")
+    __slots__ = ("chunks", "shape", "side")
 
     def __init__(self, x: np.ndarray, side: str) -> None:
         x = np.asarray(x, dtype=RING_DTYPE)
@@ -143,40 +154,37 @@ class SplitOperand:
             raise ValueError(f"side must be 'left' or 'right', got {side!r}")
         self.shape = x.shape
         self.side = side
-        l0, l1, l2 = split_limbs(x)
-        if side == "left":
-            self.inner = x.shape[-1]
-            self.cat = np.concatenate([l0, l1, l2], axis=-1).astype(np.float64)
-        else:
-            self.inner = x.shape[-2]
-            self.cat = np.concatenate([l2, l1, l0], axis=-2).astype(np.float64)
+        axis = -1 if side == "left" else -2
+        inner = x.shape[axis]
+        self.chunks: list[tuple[np.ndarray, int]] = []
+        for start in range(0, inner, MAX_EXACT_INNER):
+            stop = min(start + MAX_EXACT_INNER, inner)
+            part = x[..., start:stop] if side == "left" else x[..., start:stop, :]
+            k = stop - start
+            limbs = split_limbs(part)
+            order = limbs if side == "left" else limbs[::-1]
+            cat_shape = list(part.shape)
+            cat_shape[axis] = 3 * k
+            cat = np.empty(cat_shape, dtype=np.float64)
+            for i, limb in enumerate(order):
+                if side == "left":
+                    cat[..., i * k : (i + 1) * k] = limb
+                else:
+                    cat[..., i * k : (i + 1) * k, :] = limb
+            self.chunks.append((cat, k))
 
-    def limb_prefix(self, count: int) -> np.ndarray:
-        """The first ``count`` limbs (left operand) or the last ``count`` limbs (right operand)."""
-        k = self.inner
-        if self.side == "left":
-            return self.cat[..., : count * k]
-        return self.cat[..., (3 - count) * k :, :]
+    @staticmethod
+    def limb_prefix(chunk: tuple[np.ndarray, int], side: str, count: int) -> np.ndarray:
+        """The first ``count`` limbs of a left chunk, or the last ``count`` limbs of a right chunk."""
+        cat, k = chunk
+        if side == "left":
+            return cat[..., : count * k]
+        return cat[..., (3 - count) * k :, :]
 
 
 def _exact_int(product: np.ndarray) -> np.ndarray:
     """A float64 array of exact integers (|v| <= 2^53) as ring elements."""
     return product.astype(np.int64).view(RING_DTYPE)
-
-
-def _chunks(inner: int) -> list[slice]:
-    return [slice(start, min(start + MAX_EXACT_INNER, inner)) for start in range(0, inner, MAX_EXACT_INNER)]
-
-
-def _as_split(x: np.ndarray | SplitOperand, side: str, part: slice | None) -> SplitOperand:
-    if isinstance(x, SplitOperand):
-        if part is None:
-            return x
-        x_ring = None  # pre-split operands longer than one chunk are split per chunk on demand
-        raise ValueError(f"pre-split operand with inner dimension {x.inner} > {MAX_EXACT_INNER}") from x_ring
-    if part is None:
-        return SplitOperand(x, side)
-    return SplitOperand(x[..., part] if side == "left" else x[..., part, :], side)
 
 
 def ring_matmul(a: np.ndarray | SplitOperand, b: np.ndarray | SplitOperand) -> np.ndarray:
@@ -187,24 +195,22 @@ def ring_matmul(a: np.ndarray | SplitOperand, b: np.ndarray | SplitOperand) -> n
     stays <= 2^53 for k <= 1024; the high terms are at most 1.5 * 2^42 each (the top limb has 20 bits),
     so 3k terms stay below 2^53 as well.  Longer inner dimensions are split into chunks of 1024.
     """
-    a_shape = a.shape if isinstance(a, SplitOperand) else np.shape(a)
-    b_shape = b.shape if isinstance(b, SplitOperand) else np.shape(b)
-    if len(a_shape) < 2 or len(b_shape) < 2:
-        raise ValueError("ring_matmul operands need at least two dimensions")
-    inner = a_shape[-1]
-    if inner != b_shape[-2]:
-        raise ValueError(f"ring_matmul: inner dimensions differ ({a_shape} @ {b_shape})")
-    if inner <= MAX_EXACT_INNER:
-        return _ring_matmul_split(_as_split(a, "left", None), _as_split(b, "right", None))
+    a_split = a if isinstance(a, SplitOperand) else SplitOperand(a, "left")
+    b_split = b if isinstance(b, SplitOperand) else SplitOperand(b, "right")
+    if a_split.side != "left" or b_split.side != "right":
+        raise ValueError("a pre-split operand was split for the other side of the product")
+    if a_split.shape[-1] != b_split.shape[-2]:
+        raise ValueError(f"ring_matmul: inner dimensions differ ({a_split.shape} @ {b_split.shape})")
     total = None
-    for part in _chunks(inner):
-        piece = _ring_matmul_split(_as_split(a, "left", part), _as_split(b, "right", part))
+    for a_chunk, b_chunk in zip(a_split.chunks, b_split.chunks, strict=True):
+        piece = _ring_matmul_split(a_chunk, b_chunk)
         total = piece if total is None else total + piece
     return total
 
 
-def _ring_matmul_split(a: SplitOperand, b: SplitOperand) -> np.ndarray:
-    low = _exact_int(a.limb_prefix(1) @ b.limb_prefix(1))
-    mid = _exact_int(a.limb_prefix(2) @ b.limb_prefix(2))
-    high = _exact_int(a.limb_prefix(3) @ b.limb_prefix(3))
+def _ring_matmul_split(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> np.ndarray:
+    prefix = SplitOperand.limb_prefix
+    low = _exact_int(prefix(a, "left", 1) @ prefix(b, "right", 1))
+    mid = _exact_int(prefix(a, "left", 2) @ prefix(b, "right", 2))
+    high = _exact_int(prefix(a, "left", 3) @ prefix(b, "right", 3))
     return low + (mid << np.uint64(LIMB_BITS)) + (high << np.uint64(2 * LIMB_BITS))

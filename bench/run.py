@@ -1,0 +1,89 @@
+"""`make bench`: measure, then write bench/results/latest.json and latest.md.
+
+Sections measured in this run replace the same sections of the previous file; sections not measured are
+kept, so one slow section can be refreshed alone (``--only ops``).  Run on an idle machine with one BLAS
+thread per participant (the Makefile sets OPENBLAS_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from bench.machine import machine_info
+from bench.targets import evaluate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sections() -> dict[str, object]:
+    from bench.ops_bench import bench_ops
+    from bench.ring_matmul_bench import bench_ring_matmul
+
+    return {"ring_matmul": bench_ring_matmul, "ops": bench_ops}
+
+
+def render_markdown(results: dict) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {results['measured_at']} on {results['machine']['cpu']} "
+        f"({results['machine']['cores']} cores), BLAS {results['machine']['blas']}.",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | ours | met |",
+        "|---|---|---|---|",
+    ]
+    for row in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        lines.append(f"| {row['target']} | {row['goal']} | {row['ours']} | {met} |")
+    if results.get("ring_matmul"):
+        lines += ["", "## ring_matmul (seconds)", "",
+                  "| shape | ring | ring, fixed operand | numpy uint64 | float64 | speed-up vs uint64 |",
+                  "|---|---|---|---|---|---|"]
+        for r in results["ring_matmul"]:
+            lines.append(
+                f"| {r['shape']} | {r['ring_s']:.4f} | {r['ring_fixed_operand_s']:.4f} | {r['numpy_uint64_s']:.4f} "
+                f"| {r['float64_s']:.4f} | {r['numpy_uint64_s'] / r['ring_s']:.1f}x |"
+            )
+    if results.get("ops"):
+        lines += ["", "## ops", "",
+                  "| suite | op | shape | transport | seconds | party CPU s | MiB | dealer MiB | rounds | max abs err |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results["ops"]:
+            lines.append(
+                f"| {r['suite']} | {r['op']} | {r['shape']} | {r['transport']} | {r['seconds']:.3f} "
+                f"| {r['party_cpu_seconds']} | {r['bytes'] / 2**20:.2f} | {r['dealer_bytes'] / 2**20:.2f} "
+                f"| {r['rounds']} | {r['max_abs_err']:.1e} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sections = _sections()
+    parser.add_argument("--only", default=",".join(sections), help="comma-separated sections to measure")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    latest = RESULTS / "latest.json"
+    results = json.loads(latest.read_text()) if latest.exists() else {}
+    for name in args.only.split(","):
+        if name not in sections:
+            parser.error(f"unknown section {name!r}; choose from {sorted(sections)}")
+        print(f"bench: {name}", flush=True)
+        results[name] = sections[name]()
+    results["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results["machine"] = machine_info()
+    results["targets"] = evaluate(results)
+    latest.write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(render_markdown(results))
+    print(render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The targets the issues set, checked against measured rows (never against constants we chose)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MIB = 2**20
+
+
+@dataclass
+class Target:
+    name: str
+    text: str
+    check: Callable[[dict], tuple[str, bool] | None]  # (our figure, met) or None if not measured
+
+
+def _ring_256(results: dict) -> dict | None:
+    return next((r for r in results.get("ring_matmul", []) if r["shape"] == [256, 768, 768]), None)
+
+
+def _best_op(results: dict, op: str) -> dict | None:
+    rows = [r for r in results.get("ops", []) if r["op"] == op]
+    return min(rows, key=lambda r: r["seconds"]) if rows else None
+
+
+def _ring_speedup(results: dict, factor: float) -> tuple[str, bool] | None:
+    row = _ring_256(results)
+    if row is None:
+        return None
+    speedup = row["numpy_uint64_s"] / row["ring_s"]
+    return f"{speedup:.1f}x", speedup >= factor
+
+
+def _ring_vs_float(results: dict) -> tuple[str, bool] | None:
+    row = _ring_256(results)
+    if row is None:
+        return None
+    ratio = row["ring_s"] / row["float64_s"]
+    return f"{ratio:.1f}x float64", ratio <= 7
+
+
+def _op_target(op: str, seconds: float, mib: float | None = None, rounds: int | None = None,
+               err: float | None = None) -> Callable[[dict], tuple[str, bool] | None]:
+    def check(results: dict) -> tuple[str, bool] | None:
+        row = _best_op(results, op)
+        if row is None:
+            return None
+        ok = row["seconds"] <= seconds
+        text = f"{row['seconds']:.3f} s ({row['suite']})"
+        if mib is not None:
+            ok &= row["bytes"] / MIB <= mib
+            text += f", {row['bytes'] / MIB:.1f} MiB"
+        if rounds is not None:
+            ok &= row["rounds"] < rounds
+            text += f", {row['rounds']} rounds"
+        if err is not None:
+            ok &= row["max_abs_err"] <= err
+            text += f", err {row['max_abs_err']:.1e}"
+        return text, ok
+
+    return check
+
+
+TARGETS = [
+    Target("ring matmul [256,768,768] vs numpy uint64 (issue 2)", ">= 5x faster", lambda r: _ring_speedup(r, 5)),
+    Target("ring matmul [256,768,768] vs numpy uint64 (issue 7)", ">= 8x faster", lambda r: _ring_speedup(r, 8)),
+    Target("ring matmul [256,768,768] vs float64 GEMM (issue 7)", "within 7x", _ring_vs_float),
+    Target("matmul 128x768x768, weight fixed", "<= 0.12 s, <= 1.6 MiB",
+           _op_target("matmul_fixed_weight", 0.12, mib=1.6)),
+    Target("softmax 12x128x128", "<= 0.5 s, < 73 MiB, < 111 rounds",
+           _op_target("softmax", 0.5, mib=73, rounds=111)),
+    Target("GELU 128x3072 on [-10, 10]", "<= 0.8 s, err <= 1e-2", _op_target("gelu", 0.8, err=1e-2)),
+    Target("LayerNorm 128x768", "<= 0.07 s", _op_target("layernorm", 0.07)),
+]
+
+
+def evaluate(results: dict) -> list[dict[str, object]]:
+    rows = []
+    for target in TARGETS:
+        outcome = target.check(results)
+        rows.append(
+            {
+                "target": target.name,
+                "goal": target.text,
+                "ours": outcome[0] if outcome else "not measured",
+                "met": outcome[1] if outcome else None,
+            }
+        )
+    return rows
