@@ -169,7 +169,9 @@ class Context:
         return received
 
     # Per-pair counters: both ends of a pair count the messages of that pair, so tags agree exactly when
-    # both run the same program.
+    # both run the same program.  The tag also names the suite and the fixed-point precision, so that
+    # participants configured differently fail at their first message (in setup) with a ProtocolError
+    # instead of computing garbage or waiting for a message that never comes.
     def _tag_for(self, to: int) -> str:
         return self._pair_tag(self.participant, to)
 
@@ -178,4 +180,4 @@ class Context:
 
     def _pair_tag(self, src: int, dst: int) -> str:
         self._pair_counters[(src, dst)] += 1
-        return f"{src}->{dst}#{self._pair_counters[(src, dst)]}"
+        return f"{self.suite.name}/f{self.fp.frac_bits}:{src}->{dst}#{self._pair_counters[(src, dst)]}"
