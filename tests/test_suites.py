@@ -2,8 +2,8 @@
 communication against the analytical counts of the suite docstrings, and clear errors on bad input.
 
 Every test runs under both suites ("2pc": 2-of-2 additive with a dealer; "3pc": replicated sharing).
-Statistical tests use a p-value threshold of 1e-5 per statistic (about 30 statistics per run, so a false
-alarm in roughly 1 of 3,000 runs) and each comes with a negative control showing it rejects a biased share.
+Statistical tests use a p-value threshold of 1e-6 per statistic (about 110 statistics per run, so a false
+alarm in roughly 1 of 10,000 runs); a negative control shows the same test rejects biased shares.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mpc_core.transport.inprocess import InProcessNetwork
 
 SUITES = ["2pc", "3pc"]
 MOD = 1 << 64
-P_THRESHOLD = 1e-5
+P_THRESHOLD = 1e-6
 SAMPLES = 1 << 15
 FP = FixedPoint()
 
@@ -139,9 +139,9 @@ def test_uniformity_test_rejects_biased_shares() -> None:
     leaky = good.copy()
     leaky[: SAMPLES // 50] = 0
     assert uniformity_p_values(leaky)["top byte"] < P_THRESHOLD
-    # a mask whose bit 20 is biased to 52% ones (a subtle PRG defect)
+    # a mask whose bit 20 is biased to 55% ones (a PRG defect no other statistic here would see)
     biased_bit = prg.ring(SAMPLES) & ~np.uint64(1 << 20)
-    biased_bit |= (np.random.default_rng(1).random(SAMPLES) < 0.52).astype(np.uint64) << np.uint64(20)
+    biased_bit |= (np.random.default_rng(1).random(SAMPLES) < 0.55).astype(np.uint64) << np.uint64(20)
     assert uniformity_p_values(biased_bit)["bit frequencies"] < P_THRESHOLD
 
 
@@ -171,12 +171,9 @@ def test_split_shares_of_a_fixed_secret_are_uniform(suite: str) -> None:
         assert_uniform(shares[0][0] + shares[0][1], "3pc x0 + x1 at P0")
 
 
-@pytest.mark.parametrize("suite", SUITES)
-@pytest.mark.parametrize("owner", [0, 1, 2])
+@pytest.mark.parametrize(("suite", "owner"), [("2pc", 0), ("2pc", 1), ("3pc", 0), ("3pc", 1), ("3pc", 2)])
 def test_input_reveal_round_trip_and_uniform(suite: str, owner: int) -> None:
     """SharedTensor.input by a compute party: every party's share is uniform, the reveal is exact."""
-    if suite == "2pc" and owner == 2:
-        pytest.skip("the 2pc dealer holds no data")
     value = np.full(SAMPLES, -1.25)
 
     def program(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
