@@ -142,7 +142,7 @@ class Context:
     # ---------------------------------------------------------------- messages
     def send(self, to: int, payload: np.ndarray) -> None:
         """Send one message (tagged with this participant's message counter for the pair)."""
-        payload = np.ascontiguousarray(payload)
+        payload = np.require(payload, requirements="C")  # ascontiguousarray would make a 0-d array 1-d
         self.transport.send(to, self._tag_for(to), payload)
         self.stats.record_send(self.current_op, payload.nbytes)
 

@@ -114,7 +114,7 @@ class Replicated3PC(Suite):
 
     def _reshare(self, z: np.ndarray) -> np.ndarray:
         """3-out-of-3 shares z_i (already masked by a zero share) to replicated ones, one round."""
-        z = np.ascontiguousarray(z)
+        z = np.require(z, requirements="C")  # keeps 0-d (scalar) secrets 0-d
         got = self.ctx.exchange({self.prev: z}, {self.next: (z.shape, RING_DTYPE)})
         return np.stack([z, got[self.next]])
 
