@@ -245,11 +245,20 @@ def _local_matmul(data: np.ndarray, public: np.ndarray) -> np.ndarray:
 
 
 def _align(a: SharedTensor, b: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
-    """Bring two tensors to one scale (a ring integer is promoted to fixed point exactly)."""
-    if a.scale == b.scale:
-        return a, b
-    scale = max(a.scale, b.scale)
-    return a.with_scale(scale), b.with_scale(scale)
+    """Bring two tensors to one scale (a ring integer is promoted to fixed point exactly) and one number
+    of dimensions, so that numpy broadcasting of the share arrays aligns the secrets' trailing axes and
+    never the slot axis (a (2, 5) share of a length-5 vector against a (2, 4, 5) share of a matrix)."""
+    if a.scale != b.scale:
+        scale = max(a.scale, b.scale)
+        a, b = a.with_scale(scale), b.with_scale(scale)
+    return _lift(a, b.ndim), _lift(b, a.ndim)
+
+
+def _lift(t: SharedTensor, ndim: int) -> SharedTensor:
+    """``t`` with leading singleton axes (after the slot axis) up to ``ndim`` secret dimensions."""
+    if t.ndim >= ndim:
+        return t
+    return t._like(t.data.reshape((t.data.shape[0], *(1,) * (ndim - t.ndim), *t.shape)))
 
 
 def _same_scale(tensors: Sequence[SharedTensor]) -> None:
