@@ -65,7 +65,7 @@ def rng() -> np.random.Generator:
 
 
 # ---------------------------------------------------------------------------------- linear operations
-C = np.array([0.25, -1.0, 3.5, 1e-3])
+C = np.array([0.25, -1.0, 3.5, 2.0**-10])  # exactly representable: public adds are exact
 #: Operations written once: applied to SharedTensors in the protocol and to the encoded float64 arrays.
 LINEAR = {
     "x + y": lambda x, y: x + y,
