@@ -1,0 +1,1 @@
+"""Loss-oracle backends: ``plain`` (plaintext, NOT PRIVATE, for studies) and ``secure`` (the cluster)."""

@@ -1,0 +1,68 @@
+"""The run configuration: everything that determines a tuning run, saved as ``config.json`` in the run folder.
+
+A resumed run reads this file back, so two runs with the same configuration (and the same data files, whose
+hashes are recorded) follow the same CMA-ES trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data_owner.errors import DataOwnerError
+
+
+class RunConfig(BaseModel):
+    """One forward-only tuning run (BBT recipe; defaults from the measurements in docs/accuracy.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(description="built-in task name or a task file (.yaml/.json)")
+    data_dir: str = Field(description="folder with train/dev[/test] .tsv/.csv/.jsonl files")
+    model: str = Field(
+        description="plain: a Hugging Face folder; secure: the public/ folder of the shared model"
+    )
+    backend: Literal["plain", "secure"] = "plain"
+    suite: Literal["2pc", "3pc"] = "2pc"
+    cluster: str | None = Field(
+        default=None, description="secure backend: the cluster's address or config file"
+    )
+    head: Literal["auto", "similarity", "mlm"] = "auto"
+    similarity_scale: float = 20.0
+    prompt_length: int = Field(default=5, ge=1)
+    intrinsic_dim: int = Field(default=50, ge=1)
+    popsize: int = Field(default=20, ge=2)
+    sigma0: float = Field(default=1.0, gt=0)
+    budget: int = Field(
+        default=400, description="training calls; one call = one candidate on the train split"
+    )
+    seed: int = 0
+    alpha: float = Field(default=1.0, gt=0, description="projection scale multiplier (BBT alpha)")
+    scale_ref: Literal["word", "output"] = "word"
+    loss: Literal["task", "ce", "hinge"] = "task"
+    eval_every: int = Field(default=100, ge=1, description="score the dev set every this many calls")
+    k_shot: int | None = Field(
+        default=None, ge=1, description="resample k per class (default: use files as is)"
+    )
+    max_length: int = Field(default=128, ge=8)
+    placeholder: str = "[unused0]"
+    dtype: Literal["float64", "float32"] = "float64"
+    cma_diagonal: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.backend == "secure" and not self.cluster:
+            raise ValueError("the secure backend needs --cluster")
+        return self
+
+    @property
+    def generations(self) -> int:
+        return self.budget // self.popsize
+
+    def check_budget(self) -> None:
+        if self.budget < self.popsize:
+            raise DataOwnerError(
+                f"budget {self.budget} is below one generation (popsize {self.popsize}); "
+                f"use --budget >= {self.popsize}"
+            )

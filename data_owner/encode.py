@@ -1,0 +1,249 @@
+"""Turning examples into embedding-layer outputs with the PUBLIC embedding layer (DESIGN.md §1-2).
+
+Input ids follow BBT: ``[CLS] <L placeholder tokens> <template with the text filled in> [SEP]``; the tuned
+prompt is later ADDED to rows ``1..L``.  Only the text slots are truncated to fit ``max_length``, so the
+template words and ``<mask>`` always survive.  The embedding layer (word + position + token-type
+embeddings, then LayerNorm) is public, so the data owner computes it in float64 itself and shares only its
+output.  Everything here runs at the data owner; nothing here is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data_owner.data import Example
+from data_owner.errors import DataOwnerError
+from data_owner.task import MASK_MARK, SLOT_RE, Head, TaskSpec, strip_prompt_mark
+
+EMBEDDING_KEYS = {
+    "word": "embeddings.word_embeddings.weight",
+    "position": "embeddings.position_embeddings.weight",
+    "token_type": "embeddings.token_type_embeddings.weight",
+    "ln_weight": "embeddings.LayerNorm.weight",
+    "ln_bias": "embeddings.LayerNorm.bias",
+}
+
+
+@dataclass
+class EncodedSplit:
+    """One split ready for the model: embedding-layer outputs and what the heads need.
+
+    ``embeds`` [n, T, H] float64, ``attention_mask`` [n, T] (1 = real token), ``mask_pos`` [n] (the
+    ``<mask>`` row, -1 when the template has none), ``labels`` [n] class indices, ``onehot`` [n, C].
+    """
+
+    embeds: np.ndarray
+    attention_mask: np.ndarray
+    mask_pos: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    prompt_length: int
+    input_ids: np.ndarray = field(repr=False)
+
+    @property
+    def onehot(self) -> np.ndarray:
+        return np.eye(self.num_classes)[self.labels]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class PublicEmbedding:
+    """The public embedding layer of a BERT/RoBERTa checkpoint, in float64 numpy."""
+
+    word: np.ndarray
+    position: np.ndarray
+    token_type: np.ndarray
+    ln_weight: np.ndarray
+    ln_bias: np.ndarray
+    eps: float
+    position_offset: int = 0  # RoBERTa numbers positions from padding_idx + 1
+
+    @property
+    def hidden(self) -> int:
+        return int(self.word.shape[1])
+
+    @classmethod
+    def load(cls, model_dir: Path) -> PublicEmbedding:
+        """Read the embedding tensors from the safetensors files of a Hugging Face folder."""
+        from safetensors.numpy import load_file
+
+        model_dir = Path(model_dir)
+        config = load_config(model_dir)
+        tensors: dict[str, np.ndarray] = {}
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise DataOwnerError(f"no .safetensors file with the embedding layer in {model_dir}")
+        for f in files:
+            for key, value in load_file(str(f)).items():
+                for name, suffix in EMBEDDING_KEYS.items():
+                    if key == suffix or key.endswith("." + suffix):
+                        tensors[name] = value.astype(np.float64)
+        missing = [k for k in EMBEDDING_KEYS if k not in tensors]
+        if missing:
+            raise DataOwnerError(f"embedding layer incomplete in {model_dir}: missing {missing}")
+        offset = config.get("pad_token_id", 1) + 1 if config.get("model_type") == "roberta" else 0
+        return cls(**tensors, eps=float(config.get("layer_norm_eps", 1e-12)), position_offset=offset)
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        """LayerNorm(word[ids] + position[t] + token_type[0]) for ids [n, T] -> [n, T, H]."""
+        T = input_ids.shape[1]
+        if T + self.position_offset > self.position.shape[0]:
+            raise DataOwnerError(
+                f"sequence length {T} exceeds the model's {self.position.shape[0]} positions"
+            )
+        x = (
+            self.word[input_ids]
+            + self.position[self.position_offset : self.position_offset + T]
+            + self.token_type[0]
+        )
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + self.eps) * self.ln_weight + self.ln_bias
+
+
+def load_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise DataOwnerError(f"model folder {model_dir} has no config.json")
+    return json.loads(path.read_text())
+
+
+def load_tokenizer(model_dir: Path):
+    """The checkpoint's tokenizer, from local files only."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DataOwnerError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+
+
+class Encoder:
+    """Builds input ids for a task and head, and embeds them with the public embedding layer."""
+
+    def __init__(
+        self,
+        tokenizer,
+        embedding: PublicEmbedding,
+        task: TaskSpec,
+        head: Head,
+        prompt_length: int,
+        placeholder: str,
+        max_length: int,
+    ) -> None:
+        self.tok = tokenizer
+        self.embedding = embedding
+        self.task = task
+        self.head = head
+        self.L = prompt_length
+        self.max_length = max_length
+        ids = tokenizer.convert_tokens_to_ids([placeholder])
+        if (
+            not ids
+            or ids[0] is None
+            or (ids[0] == tokenizer.unk_token_id and placeholder != tokenizer.unk_token)
+        ):
+            raise DataOwnerError(f"placeholder token {placeholder!r} is not in the tokenizer's vocabulary")
+        self.placeholder_id = int(ids[0])
+        self.pieces = _split_template(strip_prompt_mark(task.template_for(head)))
+        fixed = 2 + self.L + sum(len(self._literal(p)) for kind, p in self.pieces if kind == "lit")
+        if fixed + len(task.slots) > max_length:
+            raise DataOwnerError(
+                f"max_length {max_length} leaves no room for text after the template and prompt"
+            )
+
+    def _literal(self, text: str) -> list[int]:
+        text = text.replace(MASK_MARK, f" {self.tok.mask_token} " if self.tok.mask_token else " ")
+        return list(self.tok(text, add_special_tokens=False)["input_ids"]) if text.strip() else []
+
+    def token_ids(self, example: Example) -> list[int]:
+        lits = [(k, self._literal(p) if k == "lit" else p) for k, p in self.pieces]
+        texts = {
+            s: list(self.tok(example.texts[s], add_special_tokens=False)["input_ids"])
+            for s in self.task.slots
+        }
+        budget = self.max_length - 2 - self.L - sum(len(v) for k, v in lits if k == "lit")
+        while sum(len(t) for t in texts.values()) > budget:  # trim the longest text slot first
+            longest = max(texts, key=lambda s: len(texts[s]))
+            texts[longest] = texts[longest][:-1]
+        ids = [self.tok.cls_token_id] + [self.placeholder_id] * self.L
+        for kind, value in lits:
+            ids.extend(value if kind == "lit" else texts[value])
+        ids.append(self.tok.sep_token_id)
+        return ids
+
+    def encode(self, examples: list[Example]) -> EncodedSplit:
+        seqs = [self.token_ids(e) for e in examples]
+        T = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = np.full((len(seqs), T), pad, dtype=np.int64)
+        att = np.zeros((len(seqs), T), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+            att[i, : len(s)] = 1
+        mask_id = self.tok.mask_token_id
+        mask_pos = np.full(len(seqs), -1, dtype=np.int64)
+        if mask_id is not None:
+            for i, s in enumerate(seqs):
+                if mask_id in s:
+                    mask_pos[i] = s.index(mask_id)
+        if self.head == "mlm" and (mask_pos < 0).any():
+            raise DataOwnerError(
+                "the MLM head needs a <mask> in every example; the tokenizer has no mask token"
+            )
+        return EncodedSplit(
+            embeds=self.embedding(ids),
+            attention_mask=att,
+            mask_pos=mask_pos,
+            labels=np.array([e.label for e in examples], dtype=np.int64),
+            num_classes=self.task.num_classes,
+            prompt_length=self.L,
+            input_ids=ids,
+        )
+
+
+def _split_template(template: str) -> list[tuple[str, str]]:
+    """``"{text} . It was <mask> ."`` -> [("slot", "text"), ("lit", " . It was <mask> .")]."""
+    out: list[tuple[str, str]] = []
+    pos = 0
+    for m in SLOT_RE.finditer(template):
+        if m.start() > pos:
+            out.append(("lit", template[pos : m.start()]))
+        out.append(("slot", m.group(1)))
+        pos = m.end()
+    if pos < len(template):
+        out.append(("lit", template[pos:]))
+    return out
+
+
+def encode_plain_texts(
+    tokenizer, embedding: PublicEmbedding, texts: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[CLS] text [SEP]`` without prompt rows -> (embedding-layer outputs [m, T, H], mask [m, T])."""
+    seqs = [list(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+    T = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.full((len(seqs), T), pad, dtype=np.int64)
+    att = np.zeros((len(seqs), T), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        att[i, : len(s)] = 1
+    return embedding(ids), att
+
+
+def verbalizer_ids(tokenizer, words: list[str]) -> list[int]:
+    """The vocabulary id of each label word (as it follows a space); each must be one token."""
+    out = []
+    for w in words:
+        ids = list(tokenizer(" " + w, add_special_tokens=False)["input_ids"])
+        if len(ids) != 1:
+            pieces = tokenizer.convert_ids_to_tokens(ids)
+            raise DataOwnerError(f"verbalizer word {w!r} is not a single token for this tokenizer: {pieces}")
+        out.append(int(ids[0]))
+    return out

@@ -1,0 +1,69 @@
+"""Scoring a run's tuned prompt (and the zero-shot prompt, z = 0) on a labelled split, e.g. ``test``.
+
+The prompt never leaves the data owner in the clear: with the secure backend it is secret-shared like in
+training, and only the class scores of the data owner's own examples are reconstructed, here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_owner import metrics
+from data_owner.checkpoint import atomic_write_json, load_checkpoint
+from data_owner.config import RunConfig
+from data_owner.oracle import LossOracle
+from data_owner.report import EVAL_PREFIX, write_report
+from data_owner.runfolder import CHECKPOINT, RunFolder
+from data_owner.session import open_session
+
+
+def evaluate(
+    run_dir: Path,
+    split: str = "test",
+    data_dir: str | None = None,
+    baseline: bool = True,
+    oracle: LossOracle | None = None,
+) -> dict[str, Any]:
+    folder = RunFolder(run_dir)
+    record = folder.read_config()
+    config = RunConfig.model_validate(record["config"])
+    if data_dir is not None:
+        config = config.model_copy(update={"data_dir": data_dir})
+    state = load_checkpoint(folder.file(CHECKPOINT))
+    session = open_session(config, splits=(split,), oracle=oracle)
+    try:
+        data = session.splits[split]
+        Z = (
+            np.stack([state["best"]["z"], np.zeros(config.intrinsic_dim)])
+            if baseline
+            else state["best"]["z"][None]
+        )
+        logits = session.oracle.logits(session.projection(Z), split)
+        scores = [metrics.score(session.task.metric, lg, data.labels) for lg in logits]
+        acc = [metrics.accuracy(lg.argmax(-1), data.labels) for lg in logits]
+        out: dict[str, Any] = {
+            "split": split,
+            "examples": len(data),
+            "metric": session.task.metric,
+            "backend": session.oracle.label,
+            "private": session.oracle.private,
+            "privacy": session.oracle.privacy(),
+            "tuned": scores[0],
+            "tuned_accuracy": acc[0],
+            "run_status": "finished"
+            if state["finished"]
+            else f"incomplete (generation {state['generation']})",
+            "best_source": state["best"]["source"],
+            "best_calls": state["best"]["calls"],
+            "cost": session.oracle.cost.as_dict(),
+        }
+        if baseline:
+            out.update(zero_shot=scores[1], zero_shot_accuracy=acc[1], gain=scores[0] - scores[1])
+    finally:
+        session.close()
+    atomic_write_json(folder.file(f"{EVAL_PREFIX}{split}.json"), out)
+    write_report(folder)
+    return out
