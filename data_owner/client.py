@@ -1,0 +1,365 @@
+"""The data owner's gRPC client of a cluster: open a job, upload shares, evaluate, fetch and reconstruct.
+
+    with ClusterClient.from_file("cluster.yaml") as cluster:
+        job = cluster.open_job("affine")
+        job.upload("x", fp.encode(x)); job.upload("w", fp.encode(w)); job.upload("b", fp.encode(b))
+        job.evaluate()                       # every participant runs the program together
+        y = job.reveal_float("y")            # the compute parties' shares, combined here only
+
+The client talks to every participant at once (one thread per call), with mutual TLS under the data
+owner's certificate and each server pinned to its configured identity.  Every call has a deadline.
+A failure on any participant raises :class:`ClusterError` carrying the most telling gRPC status code
+(UNAVAILABLE when a server is gone) and one line per participant that failed.  Secrets are split here
+(``suite.split``) and combined here (``suite.combine``); no server ever sees more than its share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from pydantic import BaseModel
+
+from mpc_core.prg import PRG, system_prg
+from mpc_core.ring import RING_DTYPE
+from mpc_core.suites import suite_class
+from proto.api import party_pb2, party_pb2_grpc
+from proto.shares import ShareAssembler, ShareStreamError, share_chunks
+from server.config import ClusterConfig, load_config
+from server.security import channel_credentials, channel_options, identity_metadata, load_credentials
+
+T = TypeVar("T")
+_UNREACHABLE_HINTS = (
+    "failed to connect",
+    "Socket closed",
+    "Connection reset",
+    "connection refused",
+    "Broken pipe",
+    "Connection refused",
+    "unreachable",
+)
+
+
+class ClusterError(RuntimeError):
+    """A call failed on at least one participant: ``code`` is the status that best explains it."""
+
+    def __init__(
+        self, what: str, failures: Mapping[int, tuple[grpc.StatusCode, str]], describe: Callable[[int], str]
+    ) -> None:
+        self.failures = dict(failures)
+        self.code = self._pick_code(self.failures)
+        lines = [
+            f"{describe(p)}: {code.name}: {details}" for p, (code, details) in sorted(self.failures.items())
+        ]
+        super().__init__(f"{what} failed ({self.code.name}): " + "; ".join(lines))
+
+    @staticmethod
+    def _pick_code(failures: Mapping[int, tuple[grpc.StatusCode, str]]) -> grpc.StatusCode:
+        codes = [code for code, _ in failures.values()]
+        for preferred in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if preferred in codes:
+                return preferred
+        return codes[0]
+
+    def unreachable(self) -> list[int]:
+        """Participants whose server could not be reached at all (as opposed to refusing the call)."""
+        return [
+            p
+            for p, (code, details) in self.failures.items()
+            if code == grpc.StatusCode.UNAVAILABLE and any(h in details for h in _UNREACHABLE_HINTS)
+        ]
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    shape: tuple[int, ...]
+    scale: int  # fractional bits (0: ring integer)
+
+
+class ClusterClient:
+    """Connections to every participant of one cluster, as its registered data owner."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        insecure: bool = False,
+        cert: Path | None = None,
+        key: Path | None = None,
+        deadline_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.insecure = insecure
+        self.deadline_s = deadline_s or config.limits.call_deadline_s
+        self.max_message_bytes = config.limits.max_message_bytes
+        name = config.data_owner.name
+        self._metadata = identity_metadata(name, insecure)
+        creds = None if insecure else channel_credentials(load_credentials(config, name, cert, key))
+        self._channels: dict[int, grpc.Channel] = {}
+        self._stubs: dict[int, party_pb2_grpc.PartyStub] = {}
+        for party in config.parties:
+            options = channel_options(None if insecure else party.name, self.max_message_bytes)
+            channel = (
+                grpc.insecure_channel(party.address, options=options)
+                if insecure
+                else grpc.secure_channel(party.address, creds, options=options)
+            )
+            self._channels[party.participant] = channel
+            self._stubs[party.participant] = party_pb2_grpc.PartyStub(channel)
+        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="cluster-client")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> ClusterClient:
+        return cls(load_config(path), **kwargs)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def participants(self) -> tuple[int, ...]:
+        return tuple(sorted(self._stubs))
+
+    @property
+    def compute_parties(self) -> tuple[int, ...]:
+        return self.config.compute_parties
+
+    def describe(self, participant: int) -> str:
+        party = self.config.party(participant)
+        return f"participant {participant} ({party.name} at {party.address})"
+
+    def stub(self, participant: int) -> party_pb2_grpc.PartyStub:
+        return self._stubs[participant]
+
+    def call_all(
+        self, what: str, call: Callable[[int], T], participants: Iterable[int] | None = None
+    ) -> dict[int, T]:
+        """Run ``call(p)`` for every participant concurrently; raise ClusterError if any failed."""
+        targets = tuple(self.participants if participants is None else participants)
+        futures = {p: self._pool.submit(call, p) for p in targets}
+        results: dict[int, T] = {}
+        failures: dict[int, tuple[grpc.StatusCode, str]] = {}
+        for p, future in futures.items():
+            try:
+                results[p] = future.result()
+            except grpc.RpcError as exc:
+                failures[p] = (exc.code(), exc.details() or "")
+            except ShareStreamError as exc:
+                failures[p] = (grpc.StatusCode.DATA_LOSS, str(exc))
+        if failures:
+            raise ClusterError(what, failures, self.describe)
+        return results
+
+    def _unary(self, method: str, request: Any, timeout: float | None = None) -> Callable[[int], Any]:
+        def call(p: int) -> Any:
+            return getattr(self._stubs[p], method)(
+                request, timeout=timeout or self.deadline_s, metadata=self._metadata
+            )
+
+        return call
+
+    # ------------------------------------------------------------------ cluster
+    def server_info(self) -> dict[int, party_pb2.ServerInfoReply]:
+        return self.call_all("server info", self._unary("ServerInfo", party_pb2.ServerInfoRequest(), 10.0))
+
+    def open_job(
+        self, program: str, *, job_id: str | None = None, model_digest: str = "", test_seed: bytes = b""
+    ) -> RemoteJob:
+        """Open the same job on every participant (if one refuses, the others close it again)."""
+        job_id = job_id or secrets.token_hex(16)
+        spec = party_pb2.JobSpec(
+            program=program,
+            suite=self.config.suite,
+            frac_bits=self.config.frac_bits,
+            model_digest=model_digest,
+            test_seed=test_seed,
+        )
+        request = party_pb2.OpenJobRequest(job_id=job_id, spec=spec)
+        try:
+            self.call_all(f"opening job {job_id}", self._unary("OpenJob", request))
+        except ClusterError as exc:
+            opened = [p for p in self.participants if p not in exc.failures]
+            self._close_quietly(job_id, opened)
+            raise
+        return RemoteJob(self, job_id, program)
+
+    def _close_quietly(self, job_id: str, participants: Iterable[int]) -> None:
+        for p in participants:
+            with contextlib.suppress(grpc.RpcError):
+                self._unary("CloseJob", party_pb2.JobRef(job_id=job_id), 5.0)(p)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for channel in self._channels.values():
+            channel.close()
+
+    def __enter__(self) -> ClusterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteJob:
+    """One job open on every participant."""
+
+    def __init__(self, client: ClusterClient, job_id: str, program: str) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.program = program
+        self.suite = client.config.suite
+        self.next_batch = 0
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.outputs: dict[str, OutputInfo] = {}
+
+    # ------------------------------------------------------------------ uploads
+    def upload(self, name: str, secret: np.ndarray, prg: PRG | None = None) -> None:
+        """Secret-share a ring array (uint64, e.g. ``fp.encode(x)``) and send each party its share."""
+        secret = np.asarray(secret)
+        if secret.dtype != RING_DTYPE:
+            raise TypeError(f"upload ring elements (uint64, e.g. FixedPoint.encode), got {secret.dtype}")
+        self.upload_shares(name, suite_class(self.suite).split(secret, prg or system_prg()))
+
+    def upload_shares(self, name: str, shares: Sequence[np.ndarray]) -> None:
+        """Send ``shares[i]`` to compute party ``i`` (shares as produced by the suite's split)."""
+        parties = self.client.compute_parties
+        if len(shares) != len(parties):
+            raise ValueError(f"a {self.suite} secret has {len(parties)} shares, got {len(shares)}")
+        max_bytes = self.client.max_message_bytes
+
+        def call(p: int) -> party_pb2.UploadReply:
+            share = np.ascontiguousarray(shares[p], dtype=RING_DTYPE)
+            header = party_pb2.ShareHeader(
+                job_id=self.job_id, name=name, dtype="<u8", shape=share.shape, nbytes=share.nbytes
+            )
+            chunks = share_chunks(header, share, max_bytes, party_pb2.UploadChunk)
+            return self.client.stub(p).Upload(
+                chunks, timeout=self.client.deadline_s, metadata=self.client._metadata
+            )
+
+        self.client.call_all(f"uploading {name!r} to job {self.job_id}", call, parties)
+        self.shapes[name] = tuple(np.shape(shares[0])[1:])
+
+    # ------------------------------------------------------------------ evaluate and results
+    def evaluate(
+        self,
+        inputs: Sequence[str] | None = None,
+        params: BaseModel | Mapping | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, OutputInfo]:
+        """Run the next batch on every participant; returns the outputs' shapes and scales."""
+        names = list(self.shapes) if inputs is None else list(inputs)
+        missing = [n for n in names if n not in self.shapes]
+        if missing:
+            raise KeyError(f"inputs {missing} were not uploaded to job {self.job_id}")
+        if isinstance(params, BaseModel):
+            params_json = params.model_dump_json()
+        else:
+            params_json = json.dumps(dict(params or {}))
+        request = party_pb2.EvaluateRequest(
+            job_id=self.job_id,
+            batch=self.next_batch,
+            inputs=[party_pb2.TensorInfo(name=n, shape=self.shapes[n]) for n in names],
+            params_json=params_json,
+        )
+        what = f"evaluating batch {self.next_batch} of job {self.job_id}"
+        replies = self.client.call_all(what, self.client._unary("Evaluate", request, timeout_s))
+        reply = replies[self.client.compute_parties[0]]
+        self.outputs = {o.name: OutputInfo(tuple(o.shape), o.scale) for o in reply.outputs}
+        self.last_seconds = max(r.seconds for r in replies.values())
+        self.next_batch += 1
+        return dict(self.outputs)
+
+    def fetch_shares(self, name: str) -> list[np.ndarray]:
+        """Every compute party's share of output ``name`` of the latest batch."""
+        batch = self.next_batch - 1
+        request = party_pb2.FetchRequest(job_id=self.job_id, batch=batch, name=name)
+        limit = self.client.config.limits.max_upload_bytes
+
+        def call(p: int) -> np.ndarray:
+            stream = self.client.stub(p).FetchResult(
+                request, timeout=self.client.deadline_s, metadata=self.client._metadata
+            )
+            assembler = None
+            for chunk in stream:
+                if assembler is None:
+                    if not chunk.HasField("header") or chunk.header.nbytes > limit:
+                        raise ShareStreamError(f"participant {p} sent a result without a valid header")
+                    assembler = ShareAssembler(chunk.header)
+                assembler.feed(chunk.data)
+            if assembler is None:
+                raise ShareStreamError(f"participant {p} sent no result data")
+            return assembler.finish()
+
+        shares = self.client.call_all(
+            f"fetching {name!r} of job {self.job_id}", call, self.client.compute_parties
+        )
+        return [shares[p] for p in self.client.compute_parties]
+
+    def reveal(self, name: str) -> np.ndarray:
+        """Reconstruct output ``name`` as ring elements (uint64); only the data owner can do this."""
+        return suite_class(self.suite).combine(self.fetch_shares(name))
+
+    def reveal_float(self, name: str) -> np.ndarray:
+        """Reconstruct and decode output ``name`` with its fixed-point scale."""
+        scale = self.outputs[name].scale if name in self.outputs else self.client.config.frac_bits
+        return self.reveal(name).view(np.int64).astype(np.float64) / float(1 << scale)
+
+    # ------------------------------------------------------------------ status and close
+    def status(self) -> dict[int, party_pb2.JobStatusReply]:
+        return self.client.call_all(
+            f"status of job {self.job_id}",
+            self.client._unary("JobStatus", party_pb2.JobRef(job_id=self.job_id), 10.0),
+        )
+
+    def metrics(self) -> dict[int, dict[str, Any]]:
+        """Per participant: traffic and time per named operation, and what the wire carried."""
+        out: dict[int, dict[str, Any]] = {}
+        for p, reply in self.status().items():
+            out[p] = {
+                "ops": {
+                    op.name: {
+                        "bytes": op.bytes,
+                        "messages": op.messages,
+                        "rounds": op.rounds,
+                        "seconds": op.seconds,
+                    }
+                    for op in reply.ops
+                },
+                "wire": {f.name: getattr(reply.wire, f.name) for f in reply.wire.DESCRIPTOR.fields},
+                "batches": reply.batches_done,
+                "evaluate_seconds": reply.evaluate_seconds,
+            }
+        return out
+
+    def close(self) -> None:
+        self.client.call_all(
+            f"closing job {self.job_id}",
+            self.client._unary("CloseJob", party_pb2.JobRef(job_id=self.job_id), 10.0),
+        )
+
+    def __enter__(self) -> RemoteJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(ClusterError):
+            self.close()
+
+
+def wait_until_serving(client: ClusterClient, timeout_s: float = 30.0) -> None:
+    """Block until every participant answers ServerInfo (or raise the last ClusterError)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.server_info()
+            return
+        except ClusterError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -1,0 +1,195 @@
+"""The party API (``secp.party.v1.Party``): the data owner's calls into one server.
+
+Every handler first checks the caller (only the registered data owner), then validates the request
+completely, and only then touches state (:mod:`server.jobs`).  Errors end the call with the status
+code of the :class:`~server.errors.RpcError`; the server keeps serving everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import grpc.aio
+
+from proto.api import party_pb2, party_pb2_grpc
+from proto.shares import ShareAssembler, ShareStreamError, share_chunks
+from server.authz import Authorizer
+from server.errors import RpcError, invalid
+from server.jobs import JobManager, JobSpec
+from server.programs import PROGRAMS
+
+log = logging.getLogger(__name__)
+
+
+def _guard(method: Callable) -> Callable:
+    """Turn RpcError into the call's status (unary handlers)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except RpcError as exc:
+            await context.abort(exc.code, exc.message)
+
+    return wrapper
+
+
+def _shape(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+class PartyService(party_pb2_grpc.PartyServicer):
+    def __init__(self, manager: JobManager, authz: Authorizer) -> None:
+        self.manager = manager
+        self.authz = authz
+        self.config = manager.config
+
+    @_guard
+    async def ServerInfo(self, request, context):  # noqa: N802 - gRPC's name
+        self.authz.data_owner(context)
+        m = self.manager
+        return party_pb2.ServerInfoReply(
+            cluster=self.config.name,
+            suite=self.config.suite,
+            participant=m.me,
+            role="dealer" if m.is_dealer else "party",
+            model_digest=m.model.digest if m.model else "",
+            open_jobs=len(m.jobs),
+            programs=sorted(PROGRAMS),
+            max_message_bytes=self.config.limits.max_message_bytes,
+        )
+
+    @_guard
+    async def OpenJob(self, request, context):  # noqa: N802 - gRPC's name
+        self.authz.data_owner(context)
+        spec = request.spec
+        job = self.manager.open(
+            request.job_id,
+            JobSpec(
+                program=spec.program,
+                suite=spec.suite,
+                frac_bits=spec.frac_bits,
+                model_digest=spec.model_digest,
+                test_seed=spec.test_seed,
+            ),
+        )
+        return party_pb2.OpenJobReply(job_id=job.job_id, participant=self.manager.me)
+
+    async def Upload(self, request_iterator: AsyncIterator, context):  # noqa: N802 - gRPC's name
+        try:
+            self.authz.data_owner(context)
+            assembler: ShareAssembler | None = None
+            job = None
+            async for chunk in request_iterator:
+                if assembler is None:
+                    if not chunk.HasField("header"):
+                        raise invalid("the first upload chunk must carry a header")
+                    h = chunk.header
+                    job = self.manager.check_upload_header(
+                        h.job_id, h.name, h.dtype, _shape(h.shape), h.nbytes
+                    )
+                    assembler = ShareAssembler(h)
+                elif chunk.HasField("header"):
+                    raise invalid("only the first upload chunk may carry a header")
+                try:
+                    assembler.feed(chunk.data)
+                except ShareStreamError as exc:
+                    raise invalid(str(exc)) from None
+            if assembler is None:
+                raise invalid("an upload needs at least one chunk with a header")
+            try:
+                share = assembler.finish()
+            except ShareStreamError as exc:
+                raise invalid(str(exc)) from None
+            self.manager.store_upload(job, assembler.header.name, share)
+            return party_pb2.UploadReply(name=assembler.header.name, bytes_received=share.nbytes)
+        except RpcError as exc:
+            await context.abort(exc.code, exc.message)
+
+    @_guard
+    async def Evaluate(self, request, context):  # noqa: N802 - gRPC's name
+        self.authz.data_owner(context)
+        job = self.manager.get(request.job_id)
+        inputs: dict[str, tuple[int, ...]] = {}
+        for info in request.inputs:
+            if info.name in inputs:
+                raise invalid(f"input {info.name!r} is declared twice")
+            inputs[info.name] = _shape(info.shape)
+        params, outputs = self.manager.plan(job, request.batch, inputs, request.params_json)
+        start = time.perf_counter()
+        result = await self.manager.evaluate(job, request.batch, inputs, params, outputs)
+        log.info("job %s batch %d done in %.3f s", job.job_id, request.batch, time.perf_counter() - start)
+        return party_pb2.EvaluateReply(
+            batch=result.batch,
+            outputs=[
+                party_pb2.TensorInfo(name=name, shape=shape, scale=scale)
+                for name, (shape, scale) in result.outputs.items()
+            ],
+            seconds=result.seconds,
+        )
+
+    async def FetchResult(self, request, context):  # noqa: N802 - gRPC's name
+        try:
+            self.authz.data_owner(context)
+            job = self.manager.get(request.job_id)
+            share, scale = self.manager.fetch(job, request.batch, request.name)
+        except RpcError as exc:
+            await context.abort(exc.code, exc.message)
+            return
+        header = party_pb2.ShareHeader(
+            job_id=job.job_id,
+            name=request.name,
+            dtype="<u8",
+            shape=share.shape,
+            nbytes=share.nbytes,
+            batch=request.batch,
+            scale=scale,
+        )
+        for chunk in share_chunks(header, share, self.config.limits.max_message_bytes, party_pb2.ShareChunk):
+            await context.write(chunk)
+
+    @_guard
+    async def JobStatus(self, request, context):  # noqa: N802 - gRPC's name
+        self.authz.data_owner(context)
+        job = self.manager.get(request.job_id)
+        reply = party_pb2.JobStatusReply(
+            job_id=job.job_id,
+            state="running" if job.running else ("idle" if job.next_batch else "open"),
+            batches_done=job.next_batch,
+            uploaded=[party_pb2.TensorInfo(name=n, shape=s.shape[1:]) for n, s in job.uploads.items()],
+            evaluate_seconds=job.evaluate_seconds,
+        )
+        if job.ctx is not None:
+            for name, stats in job.ctx.stats.snapshot().items():
+                reply.ops.append(
+                    party_pb2.OpMetrics(
+                        name=name,
+                        bytes=int(stats["bytes"]),
+                        messages=int(stats["messages"]),
+                        rounds=int(stats["rounds"]),
+                        seconds=float(stats["seconds"]),
+                    )
+                )
+        if job.transport is not None:
+            wire = job.transport.wire_stats()
+            reply.wire.CopyFrom(
+                party_pb2.WireMetrics(
+                    bytes_sent=wire.bytes_sent,
+                    bytes_received=wire.bytes_received,
+                    frames_sent=wire.frames_sent,
+                    frames_received=wire.frames_received,
+                    messages_sent=wire.messages_sent,
+                    shaping_delay_s=wire.shaping_delay_s,
+                )
+            )
+        return reply
+
+    @_guard
+    async def CloseJob(self, request, context):  # noqa: N802 - gRPC's name
+        self.authz.data_owner(context)
+        self.manager.close(request.job_id)
+        return party_pb2.CloseJobReply(job_id=request.job_id)
