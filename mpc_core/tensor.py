@@ -161,7 +161,8 @@ class SharedTensor:
         if isinstance(other, SharedTensor):
             a, b = _align(self, other)
             return a._like(a.data + b.data)
-        return self._like(self.ctx.suite.add_public(self.data, self._encode_public(other, self.scale)))
+        lifted = _lift(self, np.ndim(other))  # a public operand of higher rank broadcasts the secret
+        return lifted._like(self.ctx.suite.add_public(lifted.data, self._encode_public(other, self.scale)))
 
     __radd__ = __add__
 
@@ -189,10 +190,11 @@ class SharedTensor:
         if isinstance(other, SharedTensor):
             raw = self.ctx.suite.mul(self.data, other.data)
             return self._finish_product(raw, self.scale + other.scale)
+        lifted = _lift(self, np.ndim(other))  # keep the slot axis out of numpy broadcasting
         if _is_integer(other):
-            return self._like(self.data * as_ring(other))
+            return lifted._like(lifted.data * as_ring(other))
         encoded = self.ctx.fp.encode(other)
-        return self._finish_product(self.data * encoded, self.scale + self.ctx.fp.frac_bits)
+        return lifted._finish_product(lifted.data * encoded, self.scale + self.ctx.fp.frac_bits)
 
     __rmul__ = __mul__
 
