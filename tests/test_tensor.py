@@ -108,6 +108,24 @@ def test_linear_operations_are_exact(suite: str, rng: np.random.Generator) -> No
 
 
 @pytest.mark.parametrize("suite", SUITES)
+def test_public_operand_of_higher_rank_broadcasts_the_secret(suite: str, rng: np.random.Generator) -> None:
+    """x of shape (4,) against public (3, 4) operands: the result has shape (3, 4) as in numpy."""
+    x = rng.normal(size=(4,))
+    c = rng.normal(size=(3, 4))
+    ints = rng.integers(-4, 5, size=(2, 3, 4))
+
+    def program(ctx: Context, X: SharedTensor):
+        return [t.reveal() for t in (X + c, c - X, X * c, X * ints, X + ints)]
+
+    ex, ec = enc(x), enc(c)
+    expected = [ex + ec, ec - ex, ex * ec, ex * ints, ex + ints]
+    for party_result in outputs(suite, run_parties(suite, program, x)):
+        for got, want in zip(party_result, expected, strict=True):
+            assert got.shape == want.shape
+            within_one_ulp(got, want)
+
+
+@pytest.mark.parametrize("suite", SUITES)
 def test_float_cannot_join_a_ring_integer_tensor(suite: str) -> None:
     def program(ctx: Context, X: SharedTensor):
         bit = X.msb()
