@@ -29,8 +29,24 @@ FP = FixedPoint(F)
 ULP = 2.0**-F
 
 #: Values where carries, sign and limb boundaries meet.
-EXTREMES = [0, 1, MOD - 1, 1 << 63, (1 << 63) - 1, (1 << 63) + 1, 1 << 21, (1 << 21) - 1, 1 << 22, 1 << 43,
-            1 << 44, (1 << 44) - 1, MOD - (1 << 21), MOD - (1 << 43), 0x7FFFF7FFFFE00000, 0x800007FFFFDFFFFF]
+EXTREMES = [
+    0,
+    1,
+    MOD - 1,
+    1 << 63,
+    (1 << 63) - 1,
+    (1 << 63) + 1,
+    1 << 21,
+    (1 << 21) - 1,
+    1 << 22,
+    1 << 43,
+    1 << 44,
+    (1 << 44) - 1,
+    MOD - (1 << 21),
+    MOD - (1 << 43),
+    0x7FFFF7FFFFE00000,
+    0x800007FFFFDFFFFF,
+]
 #: Operands whose signed 22-bit limbs are all at their largest magnitude: a vector of one of them makes
 #: the partial sums of ring_matmul as large as the exactness proof allows (mid = a0 b1 + a1 b0 reaches
 #: 2^53 at an inner dimension of 1024, high = a0 b2 + a1 b1 + a2 b0 reaches 1.5 * 2^52).  WORST_ODD has

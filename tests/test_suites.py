@@ -430,16 +430,24 @@ def test_mismatched_shapes_between_parties_raise(suite: str, operation: str) -> 
         run_parties(suite, program, timeout_s=5.0)
 
 
-def run_contexts(suites: list[str], program: Callable[[Context], Any], fp: list[FixedPoint] | None = None,
-                 timeout_s: float = 2.0) -> list[Any]:
+def run_contexts(
+    suites: list[str],
+    program: Callable[[Context], Any],
+    fp: list[FixedPoint] | None = None,
+    timeout_s: float = 2.0,
+) -> list[Any]:
     """Each participant builds its own Context by hand (as a server process would) over one network."""
     network = InProcessNetwork(3, timeout_s=timeout_s)
     outcome: list[Any] = [None] * 3
 
     def body(participant: int) -> None:
         try:
-            ctx = Context(participant, suites[participant], network.transport(participant),
-                          (fp or [FP] * 3)[participant])
+            ctx = Context(
+                participant,
+                suites[participant],
+                network.transport(participant),
+                (fp or [FP] * 3)[participant],
+            )
             ctx.setup()
             outcome[participant] = program(ctx)
         except Exception as exc:  # collected for the assertions
