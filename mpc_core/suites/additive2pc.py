@@ -53,6 +53,8 @@ class Additive2PC(Suite):
 
     def input(self, secret: np.ndarray | None, shape: tuple[int, ...], owner: int) -> np.ndarray:
         """The owner masks with the PRG it shares with the other party: no communication at all."""
+        if owner not in PARTIES:
+            raise ValueError(f"2pc inputs come from P0 or P1, not participant {owner} (the dealer has none)")
         me = self.ctx.participant
         if self.is_dealer(me):
             return self.dummy(shape)

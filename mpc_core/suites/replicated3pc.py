@@ -73,6 +73,8 @@ class Replicated3PC(Suite):
         return shares[0][0] + shares[1][0] + shares[2][0]
 
     def input(self, secret: np.ndarray | None, shape: tuple[int, ...], owner: int) -> np.ndarray:
+        if owner not in range(3):
+            raise ValueError(f"3pc inputs come from P0, P1 or P2, not participant {owner}")
         me = self.ctx.participant
         if me == owner:
             secret = np.asarray(secret, dtype=RING_DTYPE)
