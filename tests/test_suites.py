@@ -560,6 +560,17 @@ def test_local_misuse_raises_value_errors(suite: str) -> None:
         assert any("registered" in e for e in res[p])
 
 
+@pytest.mark.parametrize(("suite", "owner"), [("2pc", 2), ("2pc", 3), ("3pc", 3), ("3pc", -1)])
+def test_input_from_a_participant_without_data_raises(suite: str, owner: int) -> None:
+    """The 2pc dealer holds no data: an input 'from' it would silently be garbage, so it must be refused."""
+
+    def program(ctx: Context):
+        return SharedTensor.input(ctx, np.zeros(3) if ctx.participant == owner else None, (3,), owner)
+
+    with pytest.raises(ValueError, match="inputs come from"):
+        run_parties(suite, program, timeout_s=5.0)
+
+
 def test_unknown_suite_name() -> None:
     with pytest.raises(ValueError, match="unknown suite"):
         suite_class("4pc")
