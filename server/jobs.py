@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from mpc_core.context import PARTICIPANTS, Context
-from mpc_core.ring import RING_DTYPE, FixedPoint
+from mpc_core.ring import RING_DTYPE
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.base import ProtocolError, TransportClosed
 from mpc_core.transport.grpc_transport import (
@@ -43,9 +43,10 @@ from mpc_core.transport.grpc_transport import (
 )
 from server.config import JOB_ID_PATTERN, TENSOR_NAME_PATTERN, ClusterConfig
 from server.errors import RpcError, exhausted, invalid, not_found, precondition, unavailable
+from server.execute import run_program, start_context
 from server.model_store import SLOTS, LoadedModel
 from server.programs import PlanError, Program, get_program
-from server.seeding import MAX_TEST_SEED_BYTES, seeded_setup
+from server.seeding import MAX_TEST_SEED_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -325,19 +326,14 @@ class JobManager:
         start = time.perf_counter()
         ctx = job.ctx
         if ctx is None:
-            ctx = Context(self.me, job.spec.suite, job.transport, FixedPoint(job.spec.frac_bits))
-            if job.spec.test_seed:
-                seeded_setup(ctx, job.spec.test_seed)
-            else:
-                ctx.setup()
+            ctx = start_context(
+                self.me, job.spec.suite, job.transport, job.spec.frac_bits, job.spec.test_seed
+            )
             job.ctx = ctx
             if job.program.uses_model:
                 job.model_tensors = self.model.wrap(ctx)
-        shared = {
-            name: SharedTensor.from_share(ctx, None if self.is_dealer else job.uploads[name], shape)
-            for name, shape in inputs.items()
-        }
-        produced = job.program.run(ctx, shared, params, job.model_tensors)
+        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
+        produced = run_program(ctx, job.program, params, shares, inputs, job.model_tensors)
         if set(produced) != set(outputs):
             raise ProtocolError(
                 f"program {job.program.name!r} produced {sorted(produced)}, planned {sorted(outputs)}"

@@ -148,7 +148,8 @@ def tensor_frames(tag: str, payload: np.ndarray, chunk_bytes: int) -> list[peer_
     array = np.asarray(payload)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    array = np.ascontiguousarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
     dtype = array.dtype.str
     if dtype not in ALLOWED_DTYPES:
         raise TypeError(f"cannot send dtype {dtype}; allowed: {sorted(ALLOWED_DTYPES)}")
@@ -230,6 +231,7 @@ class _Final:
     def __init__(self, mode: str, reason: str) -> None:
         self.mode = mode
         self.reason = reason
+
 
 FailureCallback = Callable[[int, str], None]
 

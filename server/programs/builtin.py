@@ -1,4 +1,4 @@
-"""Programs that need no model: for tests, benchmarks and checking a cluster end to end.
+"""Small programs: for tests, benchmarks and checking a cluster end to end.
 
 * ``affine``: y = x @ w + b on uploaded shares.  With ``integer: true`` the inputs are ring integers
   and nothing is truncated, so the reconstructed y is exactly x @ w + b mod 2^64 whatever the
@@ -7,6 +7,7 @@
   cos (via the one-round trig protocol): products, truncation and both nonlinear kernels.
 * ``rounds``: y = x^(2^rounds) by ``rounds`` sequential squarings, one round each: a long job with
   little data (fault injection, round-latency measurements).
+* ``model_linear``: y = x @ W (+ b) with W, b from the loaded shared model: the model path end to end.
 """
 
 from __future__ import annotations
@@ -97,4 +98,38 @@ class Rounds(Program):
         return {"y": y}
 
 
-BUILTIN: tuple[type[Program], ...] = (Affine, Mlp, Rounds)
+class ModelLinearParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: str
+    bias: str | None = None
+
+
+class ModelLinear(Program):
+    """y = x @ W (+ b) with W and b tensors of the loaded (secret-shared) model, named in the params."""
+
+    name = "model_linear"
+    Params = ModelLinearParams
+    uses_model = True
+
+    def plan(self, inputs, params, model):
+        require_inputs(self.name, inputs, ("x",))
+        shapes = model.shapes
+        w = shapes.get(params.weight)
+        if w is None or len(w) != 2:
+            raise PlanError(f"the model has no matrix named {params.weight!r}")
+        if params.bias is not None and shapes.get(params.bias) != (w[1],):
+            raise PlanError(f"the model has no bias {params.bias!r} of shape {(w[1],)}")
+        x = inputs["x"]
+        if x[-1] != w[0]:
+            raise PlanError(f"x{x} does not chain with {params.weight}{w}")
+        return {"y": (*x[:-1], w[1])}
+
+    def run(self, ctx, inputs, params, model):
+        with ctx.op("model_linear"):
+            y = inputs["x"] @ model[params.weight]
+            if params.bias is not None:
+                y = y + model[params.bias]
+        return {"y": y}
+
+
+BUILTIN: tuple[type[Program], ...] = (Affine, Mlp, Rounds, ModelLinear)

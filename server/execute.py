@@ -1,0 +1,98 @@
+"""Running a registered program on one participant's context, and all participants in one process.
+
+:func:`run_program` is what a server's job runs in its worker thread; :func:`run_in_process` runs the
+same code with every participant as a thread over the in-process transport: the reference a cluster's
+results are compared with (with the same ``test_seed`` the two produce identical shares).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from mpc_core.context import PARTICIPANTS, Context
+from mpc_core.ring import RING_DTYPE, FixedPoint
+from mpc_core.tensor import SharedTensor
+from mpc_core.transport.base import Transport, TransportClosed
+from mpc_core.transport.inprocess import InProcessNetwork
+from server.model_store import LoadedModel
+from server.programs import Program, get_program
+from server.seeding import seeded_setup
+
+Shape = tuple[int, ...]
+
+
+def start_context(
+    participant: int, suite: str, transport: Transport, frac_bits: int, test_seed: bytes = b""
+) -> Context:
+    """A participant's context with its PRG seeds agreed (or derived from a development test seed)."""
+    ctx = Context(participant, suite, transport, FixedPoint(frac_bits))
+    if test_seed:
+        seeded_setup(ctx, test_seed)
+    else:
+        ctx.setup()
+    return ctx
+
+
+def run_program(
+    ctx: Context,
+    program: Program,
+    params: BaseModel,
+    shares: Mapping[str, np.ndarray] | None,
+    shapes: Mapping[str, Shape],
+    model: Mapping[str, SharedTensor] | None = None,
+) -> dict[str, SharedTensor]:
+    """Wrap the input shares (None at the dealer) and run ``program`` on this participant."""
+    inputs = {
+        name: SharedTensor.from_share(ctx, None if shares is None else shares[name], shape)
+        for name, shape in shapes.items()
+    }
+    return program.run(ctx, inputs, params, model)
+
+
+def run_in_process(
+    suite: str,
+    program_name: str,
+    params_json: str,
+    shares: Sequence[Mapping[str, np.ndarray]],
+    shapes: Mapping[str, Shape],
+    *,
+    frac_bits: int = 16,
+    test_seed: bytes = b"",
+    models: Sequence[LoadedModel] | None = None,
+    timeout_s: float = 120.0,
+) -> list[dict[str, tuple[np.ndarray | None, int]]]:
+    """Every participant's ``{output: (share or None at the dealer, scale)}`` of one in-process run."""
+    program = get_program(program_name)
+    params = program.parse_params(params_json)
+    network = InProcessNetwork(PARTICIPANTS, timeout_s=timeout_s)
+    results: list = [None] * PARTICIPANTS
+    errors: list[BaseException | None] = [None] * PARTICIPANTS
+
+    def body(p: int) -> None:
+        try:
+            ctx = start_context(p, suite, network.transport(p), frac_bits, test_seed)
+            model = models[p].wrap(ctx) if models is not None else None
+            own = shares[p] if p < len(shares) and not ctx.is_dealer else None
+            out = run_program(ctx, program, params, own, shapes, model)
+            results[p] = {
+                name: (None if ctx.is_dealer else np.ascontiguousarray(t.data, dtype=RING_DTYPE), t.scale)
+                for name, t in out.items()
+            }
+        except BaseException as exc:
+            errors[p] = exc
+            network.close()
+
+    threads = [threading.Thread(target=body, args=(p,)) for p in range(PARTICIPANTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first = next((e for e in errors if e is not None and not isinstance(e, TransportClosed)), None)
+    first = first or next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return results
