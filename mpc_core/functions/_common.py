@@ -1,0 +1,138 @@
+"""Building blocks shared by the nonlinear functions: batching, exact linear combinations, octave buckets.
+
+Everything here is written over :class:`~mpc_core.tensor.SharedTensor` only and keeps two costs low:
+
+* *rounds*: independent products are stacked into one ``*`` (one opening / one reshare), and
+  :func:`powers` computes v, v^2, ..., v^d in ceil(log2 d) rounds;
+* *bytes and truncations*: :func:`linear_combination` multiplies by public coefficients encoded as ring
+  integers (exact), sums, and truncates once (in 3pc every truncation is a round).
+
+:func:`octave_bits` is the comparison step of reciprocal, rsqrt and log: the bits [x >= lo 2^j] for every
+octave boundary of a documented domain, all in one msb call (one batch of rounds, whatever the number of
+octaves); :func:`piecewise_constant` turns them into a public per-octave value locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mpc_core.tensor import SharedTensor
+
+
+def lead(values: Sequence[float] | np.ndarray, ndim: int) -> np.ndarray:
+    """Per-slice constants shaped (K, 1, ..., 1) to broadcast over a stacked (K, ...) tensor."""
+    arr = np.asarray(values, dtype=np.float64)
+    return arr.reshape((arr.shape[0],) + (1,) * ndim)
+
+
+def on_grid(values: np.ndarray | float, frac_bits: int) -> np.ndarray:
+    """Values rounded to the fixed-point grid (exactly representable, so encoding them is exact)."""
+    scale = float(1 << frac_bits)
+    return np.rint(np.asarray(values, dtype=np.float64) * scale) / scale
+
+
+def reinterpret(x: SharedTensor, scale: int) -> SharedTensor:
+    """The same ring value read with another number of fractional bits (x 2^(old - new)), no protocol."""
+    return SharedTensor(x.ctx, x.data, scale)
+
+
+def split(stacked: SharedTensor) -> list[SharedTensor]:
+    """The slices of a tensor stacked along axis 0."""
+    return [stacked[i] for i in range(stacked.shape[0])]
+
+
+def multiply_pairs(left: Sequence[SharedTensor], right: Sequence[SharedTensor]) -> list[SharedTensor]:
+    """[a_i * b_i] for same-shaped, same-scale pairs in one secure product (one round in 2pc)."""
+    if len(left) == 1:
+        return [left[0] * right[0]]
+    return split(SharedTensor.stack(list(left)) * SharedTensor.stack(list(right)))
+
+
+def linear_combination(
+    stacked: SharedTensor, coeffs: Sequence[float] | np.ndarray, constant: float = 0.0
+) -> SharedTensor:
+    """constant + sum_k c_k T_k for a fixed-point tensor stacked along axis 0 and public c_k, constant.
+
+    The coefficients are encoded as ring integers round(c_k 2^f) and multiplied exactly; the constant is
+    added at 2f fractional bits; the sum is truncated once.  So the result is exactly the truncation of
+    the combination with the *grid* coefficients (float64 models use :func:`on_grid`), with one ulp of
+    truncation error, one truncation round in 3pc instead of K, and a truncation failure probability set
+    by the size of the result (not of the partial sums).
+    """
+    f = stacked.ctx.fp.frac_bits
+    ints = np.rint(np.asarray(coeffs, dtype=np.float64) * (1 << f)).astype(np.int64)
+    scaled = stacked * ints.reshape((ints.shape[0],) + (1,) * (stacked.ndim - 1))
+    # a Python int i added to a scale-f tensor means i 2^f in the ring: the constant at 2f bits
+    total = scaled.sum(axis=0) + int(np.rint(constant * (1 << f)))
+    return total.truncate(f)
+
+
+def powers(v: SharedTensor, degree: int) -> list[SharedTensor]:
+    """[v, v^2, ..., v^degree] in ceil(log2 degree) rounds (each round doubles the known powers).
+
+    Each power carries the truncation error of every product on its path (at most log2(degree) + 1 ulp
+    times the magnitude of the factors; |v| <= 1 keeps that at a few ulp).
+    """
+    known = [v]
+    while len(known) < degree:
+        top = known[-1]
+        count = min(len(known), degree - len(known))
+        known += multiply_pairs([top] * count, known[:count])
+    return known[:degree]
+
+
+def octave_edges(lo: float, hi: float, frac_bits: int) -> np.ndarray:
+    """Octave boundaries lo 2^j covering [lo, hi], rounded to the fixed-point grid (ring-exact thresholds)."""
+    if not 0 < lo < hi:
+        raise ValueError(f"an octave domain needs 0 < lo < hi, got [{lo}, {hi}]")
+    count = max(1, int(np.ceil(np.log2(hi / lo) - 1e-9)))
+    edges = on_grid(lo * 2.0 ** np.arange(count + 1), frac_bits)
+    if edges[0] <= 0:
+        raise ValueError(f"domain lower end {lo} is below the fixed-point resolution 2^-{frac_bits}")
+    return edges
+
+
+def octave_bits(x: SharedTensor, edges: np.ndarray) -> SharedTensor | None:
+    """Ring-integer bits b_j = [x >= edges[j]] for the inner edges j = 1..J, stacked on axis 0.
+
+    One batched msb (the suite's comparison rounds once, whatever J); exact for |x| < 2^(62 - f).
+    None when the domain is a single octave (no comparison needed).
+    """
+    inner = edges[1:-1]
+    if inner.size == 0:
+        return None
+    shifted = x.expand_dims(0) + lead(-inner, x.ndim)
+    return 1 - shifted.msb()
+
+
+def piecewise_constant(bits: SharedTensor | None, values: np.ndarray, like: SharedTensor) -> SharedTensor:
+    """values[0] + sum_j bits_j (values[j] - values[j-1]): the value of x's octave, computed locally.
+
+    ``values`` (one per octave) are first put on the fixed-point grid so the result equals the encoded
+    value of the octave exactly (bits are 0/1 ring integers; the products are exact).
+    """
+    grid = on_grid(values, like.ctx.fp.frac_bits)
+    base = like * 0 + float(grid[0])
+    if bits is None:
+        return base
+    steps = bits * lead(np.diff(grid), like.ndim)
+    return steps.sum(axis=0) + float(grid[0])
+
+
+def mean_last(x: SharedTensor) -> SharedTensor:
+    """Mean over the last axis (kept, size 1) without SharedTensor.mean's encoding error.
+
+    ``x.mean`` multiplies by the encoded 1/H, whose relative error is up to 2^-17 H (3e-3 for H = 384).
+    Here H = 2^a m with m odd: the sum is divided by 2^a with one truncation (exact up to one ulp) and then
+    multiplied by the encoded 1/m (relative error <= 2^-17 m: 2.3e-5 for m = 3).  Raw products stay at
+    |mean m| 2^32, so the truncation failure probability is that of any product of that size.
+    """
+    h = x.shape[-1]
+    shift = (h & -h).bit_length() - 1
+    odd = h >> shift
+    total = x.sum(axis=-1, keepdims=True)
+    if shift:
+        total = total.truncate(shift)
+    return total * (1.0 / odd) if odd > 1 else total
