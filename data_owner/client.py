@@ -38,45 +38,47 @@ from server.config import ClusterConfig, load_config
 from server.security import channel_credentials, channel_options, identity_metadata, load_credentials
 
 T = TypeVar("T")
-_UNREACHABLE_HINTS = (
-    "failed to connect",
-    "Socket closed",
-    "Connection reset",
-    "connection refused",
-    "Broken pipe",
-    "Connection refused",
-    "unreachable",
-)
+PROBE_TIMEOUT_S = 2.0
 
 
 class ClusterError(RuntimeError):
-    """A call failed on at least one participant: ``code`` is the status that best explains it."""
+    """A call failed on at least one participant.
+
+    ``code`` is the status that best explains it (UNAVAILABLE when a server is gone), ``failures`` maps
+    each failed participant to its (code, details), and ``unreachable`` lists the participants that did
+    not answer a probe right after the failure (the likely cause; the others report its consequences).
+    """
 
     def __init__(
-        self, what: str, failures: Mapping[int, tuple[grpc.StatusCode, str]], describe: Callable[[int], str]
+        self,
+        what: str,
+        failures: Mapping[int, tuple[grpc.StatusCode, str]],
+        describe: Callable[[int], str],
+        unreachable: Sequence[int] = (),
     ) -> None:
         self.failures = dict(failures)
-        self.code = self._pick_code(self.failures)
-        lines = [
-            f"{describe(p)}: {code.name}: {details}" for p, (code, details) in sorted(self.failures.items())
+        self.unreachable = sorted(unreachable)
+        self.code = self._pick_code(self.failures, self.unreachable)
+        lines = [f"{describe(p)} is unreachable ({self.failures[p][1]})" for p in self.unreachable]
+        lines += [
+            f"{describe(p)}: {code.name}: {details}"
+            for p, (code, details) in sorted(self.failures.items())
+            if p not in self.unreachable
         ]
         super().__init__(f"{what} failed ({self.code.name}): " + "; ".join(lines))
 
     @staticmethod
-    def _pick_code(failures: Mapping[int, tuple[grpc.StatusCode, str]]) -> grpc.StatusCode:
+    def _pick_code(
+        failures: Mapping[int, tuple[grpc.StatusCode, str]], unreachable: Sequence[int]
+    ) -> grpc.StatusCode:
+        """A server gone explains everything; else an expired deadline; else the others' first code."""
+        if unreachable:
+            return grpc.StatusCode.UNAVAILABLE
         codes = [code for code, _ in failures.values()]
-        for preferred in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        for preferred in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
             if preferred in codes:
                 return preferred
         return codes[0]
-
-    def unreachable(self) -> list[int]:
-        """Participants whose server could not be reached at all (as opposed to refusing the call)."""
-        return [
-            p
-            for p, (code, details) in self.failures.items()
-            if code == grpc.StatusCode.UNAVAILABLE and any(h in details for h in _UNREACHABLE_HINTS)
-        ]
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,26 @@ class ClusterClient:
             except ShareStreamError as exc:
                 failures[p] = (grpc.StatusCode.DATA_LOSS, str(exc))
         if failures:
-            raise ClusterError(what, failures, self.describe)
+            raise ClusterError(what, failures, self.describe, self._probe_unreachable(failures))
         return results
+
+    def _probe_unreachable(self, failures: Mapping[int, tuple[grpc.StatusCode, str]]) -> list[int]:
+        """Which of the participants that failed with UNAVAILABLE or DEADLINE_EXCEEDED do not answer now."""
+        suspects = [
+            p
+            for p, (code, _) in failures.items()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        ]
+        probe = self._unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
+        futures = {p: self._pool.submit(probe, p) for p in suspects}
+        down = []
+        for p, future in futures.items():
+            try:
+                future.result()
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    down.append(p)
+        return down
 
     def _unary(self, method: str, request: Any, timeout: float | None = None) -> Callable[[int], Any]:
         def call(p: int) -> Any:

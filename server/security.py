@@ -109,6 +109,10 @@ def channel_options(server_name: str | None, max_message_bytes: int) -> list[tup
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.enable_retries", 0),
+        # reconnect quickly to a restarted server (the default backoff grows to 120 s)
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if server_name is not None:
         options.append(("grpc.ssl_target_name_override", server_name))

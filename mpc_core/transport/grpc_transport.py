@@ -464,7 +464,8 @@ async def open_link(
     on_failure: FailureCallback | None = None,
 ) -> PeerLink:
     """Initiator side: open the job's stream to ``peer``, exchange Hello frames, start the link."""
-    call = peer_pb2_grpc.PeerStub(channel).Exchange(metadata=metadata)
+    # wait_for_ready: a peer that is (re)starting gets until the timeout to accept the stream
+    call = peer_pb2_grpc.PeerStub(channel).Exchange(metadata=metadata, wait_for_ready=True)
     try:
         await asyncio.wait_for(
             call.write(

@@ -1,0 +1,136 @@
+"""A server killed in the middle of a job: the data owner gets UNAVAILABLE with a clear message within
+its deadline, the surviving servers drop the job's state, and a restarted server serves a new job."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from data_owner.client import ClusterClient, ClusterError, wait_until_serving
+from mpc_core.ring import FixedPoint
+from proto.api import party_pb2
+from server.testing import running_cluster
+
+pytestmark = pytest.mark.timeout(180)
+
+FP = FixedPoint()
+DEADLINE_S = 30.0
+
+
+def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _job_gone(client: ClusterClient, participant: int, job_id: str) -> bool:
+    try:
+        client._unary("JobStatus", party_pb2.JobRef(job_id=job_id), 5.0)(participant)
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.NOT_FOUND and "aborted" in (exc.details() or "")
+    return False
+
+
+@pytest.mark.parametrize(("suite", "victim"), [("2pc", 1), ("3pc", 2), ("2pc", 2)])
+def test_kill_a_server_mid_job(tmp_path, suite, victim):
+    with (
+        running_cluster(tmp_path, suite) as (config, cluster),
+        ClusterClient(config, deadline_s=DEADLINE_S) as client,
+    ):
+        job = client.open_job("rounds")
+        job.upload("x", FP.encode(np.full(4, 0.5)))
+        outcome: dict = {}
+
+        def evaluate() -> None:
+            start = time.monotonic()
+            try:
+                job.evaluate(params={"rounds": 200_000})  # minutes of rounds: it will not finish
+            except ClusterError as exc:
+                outcome["error"] = exc
+            outcome["seconds"] = time.monotonic() - start
+
+        worker = threading.Thread(target=evaluate)
+        worker.start()
+        assert _wait_for(lambda: all(s.state == "running" for s in job.status().values()), 10)
+        time.sleep(0.3)
+        killed_at = time.monotonic()
+        cluster.kill_one(victim)
+        worker.join(DEADLINE_S + 5)
+        assert not worker.is_alive()
+        error = outcome["error"]
+        assert error.code == grpc.StatusCode.UNAVAILABLE
+        assert outcome["seconds"] < DEADLINE_S and time.monotonic() - killed_at < 10
+        victim_name = config.party(victim).name
+        assert (
+            f"participant {victim} ({victim_name} at {config.party(victim).address}) is unreachable"
+            in str(error)
+        )
+        assert victim in error.failures and error.unreachable == [victim]
+        survivors = [p for p in range(3) if p != victim]
+        for p in survivors:  # they say why: the victim's stream broke
+            code, details = error.failures[p]
+            assert code == grpc.StatusCode.UNAVAILABLE and f"participant {victim}" in details
+
+        # the survivors dropped the job's state (shares, results, links)
+        for p in survivors:
+            assert _wait_for(lambda p=p: _job_gone(client, p, job.job_id), 10), (
+                f"participant {p} kept the job"
+            )
+        infos = {p: client._unary("ServerInfo", party_pb2.ServerInfoRequest())(p) for p in survivors}
+        assert all(info.open_jobs == 0 for info in infos.values())
+
+        # a restarted server serves a new job with the same survivors
+        cluster.start_one(victim)
+        cluster.wait_serving([victim], timeout_s=30)
+        wait_until_serving(client, timeout_s=10)
+        rng = np.random.default_rng(1)
+        x, w, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 2)), rng.normal(size=2)
+        fresh = client.open_job("affine")
+        for name, value in {"x": x, "w": w, "b": b}.items():
+            fresh.upload(name, FP.encode(value))
+        fresh.evaluate()
+        assert np.allclose(fresh.reveal_float("y"), x @ w + b, atol=1e-3)
+        fresh.close()
+
+
+def test_idle_job_is_dropped_when_a_peer_dies(tmp_path):
+    """Between batches too: a peer's death aborts the job on the others at once (not at the next call)."""
+    with (
+        running_cluster(tmp_path, "3pc") as (config, cluster),
+        ClusterClient(config, deadline_s=DEADLINE_S) as client,
+    ):
+        job = client.open_job("rounds")
+        job.upload("x", FP.encode(np.full(2, 0.5)))
+        job.evaluate(params={"rounds": 3})
+        cluster.kill_one(0)
+        for p in (1, 2):
+            assert _wait_for(lambda p=p: _job_gone(client, p, job.job_id), 10)
+        with pytest.raises(ClusterError) as info:
+            job.evaluate(params={"rounds": 3})
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.failures[1][0] == grpc.StatusCode.NOT_FOUND
+        assert "aborted" in info.value.failures[1][1]
+
+
+def test_deadline_expiry_aborts_the_job_everywhere(tmp_path):
+    """A data owner's deadline that expires mid-evaluation cancels and drops the job on every server."""
+    with (
+        running_cluster(tmp_path, "2pc") as (config, _),
+        ClusterClient(config, deadline_s=DEADLINE_S) as client,
+    ):
+        job = client.open_job("rounds")
+        job.upload("x", FP.encode(np.full(2, 0.5)))
+        start = time.monotonic()
+        with pytest.raises(ClusterError) as info:
+            job.evaluate(params={"rounds": 200_000}, timeout_s=1.0)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - start < 5
+        for p in range(3):
+            assert _wait_for(lambda p=p: _job_gone(client, p, job.job_id), 10)
