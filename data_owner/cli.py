@@ -113,7 +113,10 @@ def main() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder to create")
 @click.option("--backend", type=click.Choice(["plain", "secure"]), default="secure", show_default=True)
 @click.option("--suite", type=click.Choice(["2pc", "3pc"]), default="2pc", show_default=True)
-@click.option("--cluster", default=None, help="secure backend: the cluster address or config file")
+@click.option("--cluster", default=None, help="secure backend: the cluster file (cluster.yaml)")
+@click.option(
+    "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
+)
 @click.option("--head", type=click.Choice(["auto", "similarity", "mlm"]), default="auto", show_default=True)
 @click.option("--prompt-length", "-L", type=int, default=None)
 @click.option("--intrinsic-dim", "-d", type=int, default=None)
@@ -128,9 +131,8 @@ def main() -> None:
 @click.option("--k-shot", type=int, default=None, help="resample k examples per class from train and dev")
 @click.option("--max-length", type=int, default=None)
 @click.option("--placeholder", default=None, help="token whose rows carry the prompt")
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default=None, help="plain backend precision"
-)
+@click.option("--attention", type=click.Choice(["softmax", "rfa", "favor"]), default=None)
+@click.option("--features", type=int, default=None, help="random features for rfa/favor attention")
 @click.option(
     "--config",
     "config_file",

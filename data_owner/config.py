@@ -28,6 +28,7 @@ class RunConfig(BaseModel):
     cluster: str | None = Field(
         default=None, description="secure backend: the cluster's address or config file"
     )
+    insecure: bool = Field(default=False, description="secure backend: no TLS (local development only)")
     head: Literal["auto", "similarity", "mlm"] = "auto"
     similarity_scale: float = 20.0
     prompt_length: int = Field(default=5, ge=1)
@@ -47,7 +48,10 @@ class RunConfig(BaseModel):
     )
     max_length: int = Field(default=128, ge=8)
     placeholder: str = "[unused0]"
-    dtype: Literal["float64", "float32"] = "float64"
+    attention: Literal["softmax", "rfa", "favor"] = Field(
+        default="softmax", description="attention the servers compute (random-feature modes lose accuracy)"
+    )
+    features: int = Field(default=64, ge=2, description="random features for rfa/favor attention")
     cma_diagonal: bool = False
 
     @model_validator(mode="after")

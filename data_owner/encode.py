@@ -3,29 +3,25 @@
 Input ids follow BBT: ``[CLS] <L placeholder tokens> <template with the text filled in> [SEP]``; the tuned
 prompt is later ADDED to rows ``1..L``.  Only the text slots are truncated to fit ``max_length``, so the
 template words and ``<mask>`` always survive.  The embedding layer (word + position + token-type
-embeddings, then LayerNorm) is public, so the data owner computes it in float64 itself and shares only its
-output.  Everything here runs at the data owner; nothing here is sent anywhere.
+embeddings, then LayerNorm; ``mpc_core.nn.embedding``) is public, so the data owner computes it in float64
+itself and shares only its output.  Everything here runs at the data owner; nothing here is sent anywhere.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from data_owner.data import Example
 from data_owner.errors import DataOwnerError
 from data_owner.task import MASK_MARK, SLOT_RE, Head, TaskSpec, strip_prompt_mark
-
-EMBEDDING_KEYS = {
-    "word": "embeddings.word_embeddings.weight",
-    "position": "embeddings.position_embeddings.weight",
-    "token_type": "embeddings.token_type_embeddings.weight",
-    "ln_weight": "embeddings.LayerNorm.weight",
-    "ln_bias": "embeddings.LayerNorm.bias",
-}
+from mpc_core.nn.config import EncoderConfig, UnsupportedModelError
+from mpc_core.nn.embedding import PublicEmbeddings
+from mpc_core.nn.manifest import MANIFEST_NAME, ShareManifest
+from mpc_core.nn.weights import CheckpointError, load_checkpoint
 
 
 @dataclass
@@ -53,65 +49,44 @@ class EncodedSplit:
 
 
 @dataclass
-class PublicEmbedding:
-    """The public embedding layer of a BERT/RoBERTa checkpoint, in float64 numpy."""
+class PublicModel:
+    """What the data owner holds of a model: its public architecture, embedding layer and tokenizer.
 
-    word: np.ndarray
-    position: np.ndarray
-    token_type: np.ndarray
-    ln_weight: np.ndarray
-    ln_bias: np.ndarray
-    eps: float
-    position_offset: int = 0  # RoBERTa numbers positions from padding_idx + 1
+    From a ``secp-share-model`` folder (``manifest.json`` + ``public/``) only these; from a plaintext Hugging
+    Face folder (the plain backend, NOT PRIVATE) also ``weights``, every tensor in canonical names.
+    """
+
+    folder: Path
+    cfg: EncoderConfig
+    embedding: PublicEmbeddings
+    tokenizer: Any
+    weights: dict[str, np.ndarray] | None
 
     @property
     def hidden(self) -> int:
-        return int(self.word.shape[1])
+        return self.cfg.hidden
 
     @classmethod
-    def load(cls, model_dir: Path) -> PublicEmbedding:
-        """Read the embedding tensors from the safetensors files of a Hugging Face folder."""
-        from safetensors.numpy import load_file
-
-        model_dir = Path(model_dir)
-        config = load_config(model_dir)
-        tensors: dict[str, np.ndarray] = {}
-        files = sorted(model_dir.glob("*.safetensors"))
-        if not files:
-            raise DataOwnerError(f"no .safetensors file with the embedding layer in {model_dir}")
-        for f in files:
-            for key, value in load_file(str(f)).items():
-                for name, suffix in EMBEDDING_KEYS.items():
-                    if key == suffix or key.endswith("." + suffix):
-                        tensors[name] = value.astype(np.float64)
-        missing = [k for k in EMBEDDING_KEYS if k not in tensors]
-        if missing:
-            raise DataOwnerError(f"embedding layer incomplete in {model_dir}: missing {missing}")
-        offset = config.get("pad_token_id", 1) + 1 if config.get("model_type") == "roberta" else 0
-        return cls(**tensors, eps=float(config.get("layer_norm_eps", 1e-12)), position_offset=offset)
-
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
-        """LayerNorm(word[ids] + position[t] + token_type[0]) for ids [n, T] -> [n, T, H]."""
-        T = input_ids.shape[1]
-        if T + self.position_offset > self.position.shape[0]:
-            raise DataOwnerError(
-                f"sequence length {T} exceeds the model's {self.position.shape[0]} positions"
-            )
-        x = (
-            self.word[input_ids]
-            + self.position[self.position_offset : self.position_offset + T]
-            + self.token_type[0]
-        )
-        mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + self.eps) * self.ln_weight + self.ln_bias
-
-
-def load_config(model_dir: Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise DataOwnerError(f"model folder {model_dir} has no config.json")
-    return json.loads(path.read_text())
+    def load(cls, folder: Path, need_weights: bool) -> PublicModel:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataOwnerError(f"model folder not found: {folder}")
+        try:
+            if (folder / MANIFEST_NAME).is_file():
+                if need_weights:
+                    raise DataOwnerError(
+                        f"{folder} is a secret-shared model; the plain backend needs a plaintext checkpoint"
+                    )
+                manifest = ShareManifest.read(folder)
+                embedding = PublicEmbeddings.load(folder)
+                return cls(
+                    folder, manifest.config, embedding, load_tokenizer(folder / manifest.public.folder), None
+                )
+            cfg, weights = load_checkpoint(folder)
+        except (CheckpointError, UnsupportedModelError, FileNotFoundError, ValueError) as exc:
+            raise DataOwnerError(f"cannot load the model in {folder}: {exc}") from exc
+        embedding = PublicEmbeddings.from_tensors(cfg, weights)
+        return cls(folder, cfg, embedding, load_tokenizer(folder), weights if need_weights else None)
 
 
 def load_tokenizer(model_dir: Path):
@@ -130,7 +105,7 @@ class Encoder:
     def __init__(
         self,
         tokenizer,
-        embedding: PublicEmbedding,
+        embedding: PublicEmbeddings,
         task: TaskSpec,
         head: Head,
         prompt_length: int,
@@ -223,7 +198,7 @@ def _split_template(template: str) -> list[tuple[str, str]]:
 
 
 def encode_plain_texts(
-    tokenizer, embedding: PublicEmbedding, texts: list[str]
+    tokenizer, embedding: PublicEmbeddings, texts: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[CLS] text [SEP]`` without prompt rows -> (embedding-layer outputs [m, T, H], mask [m, T])."""
     seqs = [list(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]

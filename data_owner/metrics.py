@@ -1,43 +1,22 @@
-"""Scores the data owner computes on its own side from revealed logits: accuracy, F1, CE and hinge.
+"""Scores the data owner computes on its own side from revealed logits: accuracy, F1 and the dev loss.
 
-Training losses are computed by the oracle (on the servers in the secure backend); these functions score
-dev and test predictions, and define the loss formulas that the plaintext reference must match:
-
-- cross-entropy: mean_i [ logsumexp_j s_ij - s_i,y_i ];
-- hinge (margin m, BBT recommends m = 2 for MRPC and RTE): mean_i max_{j != y_i} max(0, m - s_i,y_i + s_ij).
+Training losses are computed by the oracle (on the servers in the secure backend).  Dev and test logits come
+back to the data owner, which scores them here; the dev loss (used to break ties between equal dev scores)
+is the same ``mpc_core.nn.loss`` formula the servers use (cross-entropy, or hinge with margin 2).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-HINGE_MARGIN = 2.0
-
-
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-candidate mean cross-entropy; ``logits`` [..., n, C], ``labels`` [n] -> [...]."""
-    m = logits.max(-1, keepdims=True)
-    lse = np.log(np.exp(logits - m).sum(-1)) + m[..., 0]
-    picked = np.take_along_axis(logits, np.broadcast_to(labels[..., None], (*logits.shape[:-1], 1)), -1)[
-        ..., 0
-    ]
-    return (lse - picked).mean(-1)
-
-
-def hinge(logits: np.ndarray, labels: np.ndarray, margin: float = HINGE_MARGIN) -> np.ndarray:
-    """Per-candidate mean multi-class hinge loss; ``logits`` [..., n, C], ``labels`` [n] -> [...]."""
-    onehot = np.eye(logits.shape[-1], dtype=bool)[labels]
-    correct = np.where(onehot, logits, 0.0).sum(-1, keepdims=True)
-    viol = np.where(onehot, 0.0, np.maximum(0.0, margin - correct + logits))
-    return viol.max(-1).mean(-1)
+from mpc_core.nn import PlainBackend
+from mpc_core.nn.loss import loss_fn
 
 
 def loss(kind: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    if kind == "ce":
-        return cross_entropy(logits, labels)
-    if kind == "hinge":
-        return hinge(logits, labels)
-    raise ValueError(f"unknown loss {kind!r}")
+    """Per-candidate loss [...] of logits [..., n, C]: ``mpc_core.nn.loss`` on the plaintext backend."""
+    onehot = np.eye(logits.shape[-1])[labels]
+    return np.asarray(loss_fn(kind)(PlainBackend({}), np.asarray(logits, dtype=np.float64), onehot))
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

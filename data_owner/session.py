@@ -15,14 +15,7 @@ import numpy as np
 
 from data_owner.config import RunConfig
 from data_owner.data import Example, find_split, k_shot, load_split
-from data_owner.encode import (
-    EncodedSplit,
-    Encoder,
-    PublicEmbedding,
-    encode_plain_texts,
-    load_tokenizer,
-    verbalizer_ids,
-)
+from data_owner.encode import EncodedSplit, Encoder, PublicModel, encode_plain_texts, verbalizer_ids
 from data_owner.errors import DataOwnerError
 from data_owner.oracle import LossOracle
 from data_owner.projection import Projection
@@ -52,17 +45,6 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def detect_head(model_dir: Path) -> Head:
-    """``mlm`` when the checkpoint carries a masked-LM head, else ``similarity``."""
-    from safetensors import safe_open
-
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(f), framework="numpy") as fh:
-            if any(k.startswith(("cls.predictions.", "lm_head.")) for k in fh.keys()):  # noqa: SIM118
-                return "mlm"
-    return "similarity"
-
-
 def load_examples(config: RunConfig, task: TaskSpec, split: str) -> tuple[list[Example], str]:
     data_dir = Path(config.data_dir)
     if not data_dir.is_dir():
@@ -89,14 +71,12 @@ def open_session(
     for split in splits:
         examples[split], hashes[split] = load_examples(config, task, split)
 
-    model_dir = Path(config.model)
-    if not model_dir.is_dir():
-        raise DataOwnerError(f"model folder not found: {model_dir}")
-    head: Head = detect_head(model_dir) if config.head == "auto" else config.head
-    if head == "mlm" and detect_head(model_dir) != "mlm":
-        raise DataOwnerError(f"{model_dir} has no MLM head; use --head similarity")
-    tokenizer = load_tokenizer(model_dir)
-    embedding = PublicEmbedding.load(model_dir)
+    model = PublicModel.load(Path(config.model), need_weights=config.backend == "plain")
+    has_mlm = model.cfg.has_mlm_head
+    head: Head = ("mlm" if has_mlm else "similarity") if config.head == "auto" else config.head
+    if head == "mlm" and not has_mlm:
+        raise DataOwnerError(f"{config.model} has no MLM head; use --head similarity")
+    tokenizer, embedding = model.tokenizer, model.embedding
     encoder = Encoder(
         tokenizer, embedding, task, head, config.prompt_length, config.placeholder, config.max_length
     )
@@ -108,10 +88,10 @@ def open_session(
         ref = encoded["train"] if "train" in encoded else next(iter(encoded.values()))
         std_ref = float(np.std(ref.embeds[ref.attention_mask.astype(bool)]))
     std = Projection.entry_std(config.alpha, std_ref, config.intrinsic_dim, config.sigma0)
-    projection = Projection(config.prompt_length, embedding.hidden, config.intrinsic_dim, std, config.seed)
+    projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed)
 
     if oracle is None:
-        oracle = build_oracle(config, task, head, tokenizer, embedding)
+        oracle = build_oracle(config, task, head, model)
     try:
         for split, data in encoded.items():
             oracle.upload(split, data, loss if split == "train" else None)
@@ -121,23 +101,19 @@ def open_session(
     return Session(config, task, head, loss, encoder, encoded, oracle, projection, std_ref, hashes)
 
 
-def build_oracle(
-    config: RunConfig, task: TaskSpec, head: Head, tokenizer, embedding: PublicEmbedding
-) -> LossOracle:
+def build_oracle(config: RunConfig, task: TaskSpec, head: Head, model: PublicModel) -> LossOracle:
     """The configured backend.  There is no fallback: a secure run never silently becomes a plaintext run."""
+    tok, emb = model.tokenizer, model.embedding
+    anchors = encode_plain_texts(tok, emb, task.anchors()) if head == "similarity" else None
+    words = verbalizer_ids(tok, task.words) if head == "mlm" else None
     if config.backend == "plain":
         from data_owner.backends.plain import PlainOracle
+        from mpc_core.nn import AttentionConfig
 
-        anchors = encode_plain_texts(tokenizer, embedding, task.anchors()) if head == "similarity" else None
-        words = verbalizer_ids(tokenizer, task.words) if head == "mlm" else None
+        attention = AttentionConfig(mode=config.attention, features=config.features)
         return PlainOracle(
-            Path(config.model),
-            head,
-            anchors=anchors,
-            word_ids=words,
-            scale=config.similarity_scale,
-            dtype=config.dtype,
+            model, head, anchors=anchors, word_ids=words, scale=config.similarity_scale, attention=attention
         )
     from data_owner.backends.secure import SecureOracle
 
-    return SecureOracle.connect(config, task, head, tokenizer, embedding)
+    return SecureOracle.connect(config, task, head, model, anchors=anchors, word_ids=words)

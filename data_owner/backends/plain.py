@@ -1,88 +1,103 @@
 """The plaintext loss oracle: the same tuning code on a model in the clear.  NOT PRIVATE.
 
-For fast studies and as the reference of the secure backend.  Every output of a run on this backend carries
+For fast studies and as the reference of the secure backend: it runs helper D's layers
+(``mpc_core.nn``: ``candidate_logits`` and the losses) on their float64 ``PlainBackend``, exactly the code
+the servers run on shares.  Examples are processed in chunks of similar length (each chunk cut to its own
+longest row; padding rows are masked, so the result is the same up to float rounding) to keep the
+plaintext study fast.  Every output of a run on this backend carries
 :data:`~data_owner.oracle.NOT_PRIVATE`; the oracle reports zero bytes because nothing is sent.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from data_owner import metrics
-from data_owner.backends.plain_model import PlainModel
-from data_owner.encode import EncodedSplit
+from data_owner.encode import EncodedSplit, PublicModel
 from data_owner.errors import DataOwnerError
 from data_owner.oracle import LossOracle, check_prompts
 from data_owner.task import Head
+from mpc_core.nn import (
+    AttentionConfig,
+    MLMHead,
+    PlainBackend,
+    SimilarityHead,
+    candidate_logits,
+    similarity_anchors,
+)
+from mpc_core.nn.loss import loss_fn
 
 
 class PlainOracle(LossOracle):
-    """Evaluates candidates with :class:`PlainModel` (float64 by default) in this process."""
+    """Evaluates candidates with ``mpc_core.nn`` on its float64 plaintext backend, in this process."""
 
     private = False
     label = "plain (NOT PRIVATE)"
 
     def __init__(
         self,
-        model_dir: Path,
+        model: PublicModel,
         head: Head,
         *,
         anchors: tuple[np.ndarray, np.ndarray] | None = None,
         word_ids: list[int] | None = None,
         scale: float = 20.0,
-        dtype: str = "float64",
-        batch_rows: int = 64,
+        attention: AttentionConfig | None = None,
+        chunk_rows: int = 128,
     ) -> None:
         super().__init__()
-        self.model = PlainModel(model_dir, dtype=getattr(torch, dtype), batch_rows=batch_rows)
-        self.head = head
-        self.scale = scale
+        if model.weights is None:
+            raise DataOwnerError(f"{model.folder}: the plain backend needs the plaintext weights")
+        self.cfg = model.cfg
+        self.B = PlainBackend(model.weights)
+        self.attention = attention or AttentionConfig(mode="softmax")
+        self.chunk_rows = chunk_rows
         self.splits: dict[str, tuple[EncodedSplit, str | None]] = {}
         if head == "similarity":
             if anchors is None:
-                raise ValueError("the similarity head needs anchor texts embedded with the public layer")
-            emb, mask = anchors
-            with torch.no_grad():
-                x = torch.from_numpy(emb).to(self.model.dtype)
-                m = torch.from_numpy(mask)
-                self.anchor_vecs = PlainModel.mean_pool(self.model.encoder(x, m), m)  # [C, H], public
+                raise ValueError("the similarity head needs the anchor texts' embedding-layer outputs")
+            self.head = SimilarityHead(similarity_anchors(model.weights, self.cfg, *anchors), scale=scale)
         else:
-            if not self.model.has_mlm_head:
-                raise DataOwnerError(f"{model_dir} has no MLM head; use --head similarity")
+            if not self.cfg.has_mlm_head:
+                raise DataOwnerError(f"{model.folder} has no MLM head; use --head similarity")
             if word_ids is None:
                 raise ValueError("the MLM head needs the verbalizer word ids")
-            self.word_ids = word_ids
+            self.head = MLMHead(word_ids)
 
     def upload(self, name: str, split: EncodedSplit, loss: str | None = None) -> None:
         self.splits[name] = (split, loss)
-
-    def _head(self, split: EncodedSplit):
-        mask_pos = torch.from_numpy(split.mask_pos)
-
-        def similarity(hidden: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return self.scale * PlainModel.mean_pool(hidden, mask) @ self.anchor_vecs.T
-
-        def mlm(hidden: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            at = hidden[torch.arange(hidden.shape[0]), mask_pos[rows]]
-            return self.model.mlm_logits(at, self.word_ids)
-
-        return similarity if self.head == "similarity" else mlm
 
     def logits(self, prompts: np.ndarray, split: str) -> np.ndarray:
         data, _ = self._split(split)
         prompts = check_prompts(prompts, data.prompt_length, data.embeds.shape[-1])
         t0 = time.perf_counter()
-        out = self.model.candidate_logits(data.embeds, data.attention_mask, prompts, self._head(data))
+        k, n = len(prompts), len(data)
+        lengths = data.attention_mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        per_chunk = max(1, self.chunk_rows // k)
+        out = np.empty((k, n, self.head.classes))
+        mpos = data.mask_pos if self.head.kind == "mlm" else None
+        for s in range(0, n, per_chunk):
+            idx = order[s : s + per_chunk]
+            T = max(int(lengths[idx].max()), data.prompt_length + 2)
+            out[:, idx] = candidate_logits(
+                self.B,
+                self.cfg,
+                self.attention,
+                self.head,
+                data.embeds[idx, :T],
+                prompts,
+                data.attention_mask[idx, :T],
+                None if mpos is None else mpos[idx],
+            )
         self.cost.seconds += time.perf_counter() - t0
         return out
 
     def losses(self, prompts: np.ndarray, split: str = "train") -> np.ndarray:
         data, loss = self._split(split)
-        return metrics.loss(loss or "ce", self.logits(prompts, split), data.labels)
+        logits = self.logits(prompts, split)
+        return np.asarray(loss_fn(loss or "ce")(self.B, logits, data.onehot), dtype=np.float64)
 
     def _split(self, name: str) -> tuple[EncodedSplit, str | None]:
         if name not in self.splits:

@@ -1,114 +1,195 @@
 """The secure loss oracle: prompts go to the cluster only as secret shares; only result shares come back.
 
-Per job the data owner shares the embedding-layer outputs and one-hot labels of each split once; per
-generation it shares the ``popsize`` prompts [popsize, L, H] and sends each server its share in ONE request;
-the servers run the batched secure forward pass and return shares of the ``popsize`` losses (training) or of
-the class scores (evaluation of the data owner's own examples), which only the data owner reconstructs.
+Per job the data owner secret-shares, once per split, the embedding-layer outputs [n, T, H] (and, for the
+training split only, the one-hot labels [n, C]); per generation it shares the ``popsize`` prompts
+[popsize, L, H] and sends each server its share in ONE request.  The servers run the batched secure forward
+pass (``mpc_core.nn.candidate_losses`` / ``candidate_logits``) and keep shares of the result; the data owner
+alone fetches every party's share and reconstructs the ``popsize`` losses (training) or the class scores of
+its own examples (dev/test scoring).  There is never a fallback to the plaintext backend.
 
-The transport is helper F's cluster client (``server/``), reached through :class:`ClusterClient`, the one
-interface this module needs.  Until that client exists, :meth:`SecureOracle.connect` raises
-:class:`~data_owner.errors.ClusterUnavailableError`: there is never a fallback to the plaintext backend.
+Transport: helper F's :class:`data_owner.client.ClusterClient`.  The server-side program contract this
+module expects (name :data:`TUNING_PROGRAM`):
+
+- inputs ``<split>.x`` (fixed point, [n, T, H]), ``<split>.y`` (fixed point one-hot [n, C], training split
+  only), ``prompts`` (fixed point [P, L, H]) and, for the similarity head, ``anchors.x`` (the label
+  descriptions' embedding-layer outputs [C, T', H]);
+- public parameters :class:`TuningParams` (split, wanted output, loss, head, padding mask, mask positions,
+  label-word ids, anchor mask, similarity scale, attention mode);
+- output ``losses`` [P] or ``logits`` [P, n, C].
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from data_owner.encode import EncodedSplit, PublicEmbedding
-from data_owner.errors import ClusterUnavailableError
+from data_owner.encode import EncodedSplit, PublicModel
+from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import LossOracle, check_prompts
 from data_owner.task import Head, TaskSpec
 
 if TYPE_CHECKING:
     from data_owner.config import RunConfig
 
+TUNING_PROGRAM = "prompt_tuning"
 
-class ClusterClient(Protocol):
-    """What the data owner needs from the cluster client (shares are made and combined inside it)."""
 
-    def upload_split(
-        self,
-        name: str,
-        embeds: np.ndarray,
-        attention_mask: np.ndarray,
-        mask_pos: np.ndarray,
-        onehot: np.ndarray,
-        loss: str | None,
-    ) -> None: ...
+class TuningParams(BaseModel):
+    """The public parameters of one evaluation (every server sees them; nothing here is secret)."""
 
-    def losses(self, prompts: np.ndarray, split: str) -> np.ndarray: ...
+    model_config = ConfigDict(extra="forbid")
 
-    def logits(self, prompts: np.ndarray, split: str) -> np.ndarray: ...
-
-    def traffic(self) -> dict[str, int]: ...
-
-    def close(self) -> None: ...
+    split: str
+    output: Literal["losses", "logits"]
+    loss: Literal["ce", "hinge"] = "ce"
+    head: Literal["similarity", "mlm"]
+    mask: list[list[int]]
+    mask_positions: list[int] | None = None
+    label_words: list[int] | None = None
+    anchor_mask: list[list[int]] | None = None
+    scale: float = 20.0
+    attention: str = "softmax"
+    features: int = 64
 
 
 class SecureOracle(LossOracle):
     private = True
 
-    def __init__(self, client: ClusterClient, suite: str) -> None:
+    def __init__(
+        self,
+        job,
+        fixed_point,
+        parties: int,
+        head: Head,
+        config: RunConfig,
+        anchors: tuple[np.ndarray, np.ndarray] | None,
+        word_ids: list[int] | None,
+    ) -> None:
         super().__init__()
-        self.client = client
-        self.label = f"secure {suite}"
-        self.shapes: dict[str, tuple[int, int]] = {}
+        self.job = job
+        self.fp = fixed_point
+        self.parties = parties
+        self.head = head
+        self.config = config
+        self.label = f"secure {job.suite}"
+        self.word_ids = word_ids
+        self.anchor_mask = None if anchors is None else anchors[1].tolist()
+        self.splits: dict[str, tuple[EncodedSplit, str | None]] = {}
+        if anchors is not None:
+            self._upload("anchors.x", anchors[0])
 
     @classmethod
     def connect(
-        cls, config: RunConfig, task: TaskSpec, head: Head, tokenizer, embedding: PublicEmbedding
+        cls,
+        config: RunConfig,
+        task: TaskSpec,
+        head: Head,
+        model: PublicModel,
+        *,
+        anchors: tuple[np.ndarray, np.ndarray] | None,
+        word_ids: list[int] | None,
     ) -> SecureOracle:
-        """Open a job on the cluster named by ``config.cluster``; fails loudly if it cannot."""
-        try:
-            from server.client import open_tuning_job  # helper F's client
-        except ImportError as exc:
-            raise ClusterUnavailableError(
-                "the secure backend needs the cluster client (server/), which is not installed in this "
-                "checkout; use --backend plain for a (NOT PRIVATE) plaintext study"
-            ) from exc
-        try:
-            client = open_tuning_job(
-                config=config, task=task, head=head, tokenizer=tokenizer, embedding=embedding
-            )
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            raise ClusterUnavailableError(f"cannot reach the cluster at {config.cluster}: {exc}") from exc
-        return cls(client, config.suite)
+        """Reach every server named in the cluster file ``config.cluster`` and open a tuning job."""
+        from data_owner.client import ClusterClient, ClusterError
+        from mpc_core.ring import FixedPoint
 
+        path = Path(config.cluster or "")
+        if not path.is_file():
+            raise DataOwnerError(f"cluster file not found: {path}")
+        try:
+            client = ClusterClient.from_file(path, insecure=config.insecure, deadline_s=30.0)
+        except (OSError, ValueError) as exc:
+            raise DataOwnerError(f"cannot use the cluster file {path}: {exc}") from exc
+        try:
+            info = client.server_info()
+        except ClusterError as exc:
+            client.close()
+            raise ClusterUnavailableError(f"the cluster in {path} is not available: {exc}") from exc
+        programs = set.intersection(*(set(r.programs) for r in info.values()))
+        if TUNING_PROGRAM not in programs:
+            client.close()
+            raise ClusterUnavailableError(
+                f"the cluster in {path} does not run the {TUNING_PROGRAM!r} program "
+                f"(it runs {sorted(programs)})"
+            )
+        digests = {r.model_digest for r in info.values() if r.role == "party"}
+        try:
+            job = client.open_job(TUNING_PROGRAM, model_digest=digests.pop() if len(digests) == 1 else "")
+        except ClusterError as exc:
+            client.close()
+            raise ClusterUnavailableError(f"the cluster refused the tuning job: {exc}") from exc
+        fp = FixedPoint(client.config.frac_bits)
+        return cls(job, fp, len(client.compute_parties), head, config, anchors, word_ids)
+
+    # ------------------------------------------------------------------ LossOracle
     def upload(self, name: str, split: EncodedSplit, loss: str | None = None) -> None:
-        self._call(
-            self.client.upload_split,
-            name,
-            split.embeds,
-            split.attention_mask,
-            split.mask_pos,
-            split.onehot,
-            loss,
-        )
-        self.shapes[name] = (split.prompt_length, split.embeds.shape[-1])
+        self._upload(f"{name}.x", split.embeds)
+        if loss is not None:
+            self._upload(f"{name}.y", split.onehot)
+        self.splits[name] = (split, loss)
 
     def losses(self, prompts: np.ndarray, split: str = "train") -> np.ndarray:
-        prompts = check_prompts(prompts, *self.shapes[split])
-        return np.asarray(self._call(self.client.losses, prompts, split), dtype=np.float64)
+        out = self._evaluate(prompts, split, "losses")
+        return out.reshape(len(prompts))
 
     def logits(self, prompts: np.ndarray, split: str) -> np.ndarray:
-        prompts = check_prompts(prompts, *self.shapes[split])
-        return np.asarray(self._call(self.client.logits, prompts, split), dtype=np.float64)
+        data, _ = self.splits[split]
+        return self._evaluate(prompts, split, "logits").reshape(len(prompts), len(data), -1)
 
     def close(self) -> None:
-        self.client.close()
+        from data_owner.client import ClusterError
 
-    def _call(self, fn, *args):
+        try:
+            self.job.close()
+        except ClusterError:
+            pass
+        finally:
+            self.job.client.close()
+
+    # ------------------------------------------------------------------ pieces
+    def _upload(self, name: str, value: np.ndarray) -> None:
+        ring = self.fp.encode(np.asarray(value, dtype=np.float64))
+        self._guard(self.job.upload, name, ring)
+        self.cost.bytes_sent += ring.nbytes * self.parties * (2 if self.job.suite == "3pc" else 1)
+
+    def _evaluate(self, prompts: np.ndarray, split: str, output: str) -> np.ndarray:
+        data, loss = self.splits[split]
+        prompts = check_prompts(prompts, data.prompt_length, data.embeds.shape[-1])
+        if output == "losses" and loss is None:
+            raise ValueError(f"split {split!r} was uploaded without labels")
+        params = TuningParams(
+            split=split,
+            output=output,
+            loss=loss or "ce",
+            head=self.head,
+            mask=data.attention_mask.tolist(),
+            mask_positions=data.mask_pos.tolist() if self.head == "mlm" else None,
+            label_words=self.word_ids,
+            anchor_mask=self.anchor_mask,
+            scale=self.config.similarity_scale,
+            attention=self.config.attention,
+            features=self.config.features,
+        )
         t0 = time.perf_counter()
+        self._upload("prompts", prompts)
+        inputs = [f"{split}.x", "prompts"] + ([f"{split}.y"] if output == "losses" else [])
+        if self.anchor_mask is not None:
+            inputs.append("anchors.x")
+        self._guard(self.job.evaluate, inputs, params)
+        value = self._guard(self.job.reveal_float, output)
+        self.cost.bytes_received += value.size * 8 * self.parties * (2 if self.job.suite == "3pc" else 1)
+        self.cost.rounds += 1
+        self.cost.seconds += time.perf_counter() - t0
+        return np.asarray(value, dtype=np.float64)
+
+    def _guard(self, fn, *args):
+        from data_owner.client import ClusterError
+
         try:
             return fn(*args)
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            raise ClusterUnavailableError(f"lost the cluster: {exc}") from exc
-        finally:
-            self.cost.seconds += time.perf_counter() - t0
-            t = self.client.traffic()
-            self.cost.bytes_sent = int(t.get("bytes_sent", 0))
-            self.cost.bytes_received = int(t.get("bytes_received", 0))
-            self.cost.rounds = int(t.get("rounds", 0))
+        except ClusterError as exc:
+            raise ClusterUnavailableError(f"the cluster failed: {exc}") from exc
