@@ -22,6 +22,9 @@ import numpy as np
 RING_BITS = 64
 RING_DTYPE = np.uint64
 DEFAULT_FRAC_BITS = 16
+TRUNCATION_MODES = ("exact", "probabilistic")
+#: Exact truncation never wraps for raw ring values x with |x| < 2^EXACT_TRUNC_BITS.
+EXACT_TRUNC_BITS = 62
 
 LIMB_BITS = 22
 _LIMB_HALF = np.uint64(1 << (LIMB_BITS - 1))
@@ -62,13 +65,22 @@ class FixedPoint:
 
     ``max_abs`` is the largest magnitude :meth:`encode` accepts; anything larger would wrap around the
     ring (and silently change sign), so it is refused with a clear error instead.
+
+    ``truncation`` chooses how shares are divided by 2^k after a product: ``"exact"`` (the default) never
+    fails for raw values below 2^62 and costs one round with two bits per element on the wire;
+    ``"probabilistic"`` (SecureML/SPU local, ABY3 Pi_trunc1 in 3pc) costs nothing in 2pc but fails with
+    probability |x| / 2^64 per element (an error of 2^(64 - k)): about |v| 2^-32 for a product of value v
+    with f = 16, i.e. several corrupted elements per secure forward pass of a real model.
     """
 
     frac_bits: int = DEFAULT_FRAC_BITS
+    truncation: str = "exact"
 
     def __post_init__(self) -> None:
         if not 0 <= self.frac_bits <= 40:
             raise ValueError(f"frac_bits must be in [0, 40], got {self.frac_bits}")
+        if self.truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {self.truncation!r}")
 
     @property
     def scale(self) -> int:

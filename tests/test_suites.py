@@ -264,9 +264,13 @@ def op_stats(ctx: Context, name: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("suite", SUITES)
-def test_matmul_communication(suite: str) -> None:
+@pytest.mark.parametrize("mode", ["probabilistic", "exact"])
+def test_matmul_communication(suite: str, mode: str) -> None:
     """2pc: each party opens E = X - A and F = Y - B (8 (|X| + |Y|) bytes, one round); the dealer sends
-    P1's correction of C = A B (8 |Z| bytes, offline).  3pc: one reshare, 8 |Z| bytes per party."""
+    P1's correction of C = A B (8 |Z| bytes, offline).  3pc: one reshare, 8 |Z| bytes per party.
+    Truncation, probabilistic: local in 2pc; ABY3 trunc1 in 3pc (P0 sends 8 |Z| to P2).  Exact: the two
+    parties swap one packed bit per element (one round) and the generator deals shares of a b (8 |Z|);
+    in 3pc P0 and P1 then send 8 |Z| each to P2 (one more round) to return to replicated shares."""
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(3, 5)), rng.normal(size=(5, 4))
 
@@ -277,16 +281,24 @@ def test_matmul_communication(suite: str) -> None:
             ctx.suite.truncate(raw, FP.frac_bits)
         return op_stats(ctx, "product"), op_stats(ctx, "truncate")
 
-    res = run_parties(suite, program, x, y)
+    res = run_parties(suite, program, x, y, fp=FixedPoint(truncation=mode))
     nx, ny, nz = x.size, y.size, 3 * 4
+    bits = -(-nz // 8)
     if suite == "2pc":
         assert res[0][0] == res[1][0] == (8 * (nx + ny), 1)
         assert res[2][0] == (8 * nz, 0)
-        assert all(r[1] == (0, 0) for r in res)  # truncation is local
+        if mode == "probabilistic":
+            assert all(r[1] == (0, 0) for r in res)  # truncation is local
+        else:
+            assert res[0][1] == res[1][1] == (bits, 1)
+            assert res[2][1] == (8 * nz, 0)
     else:
         assert all(r[0] == (8 * nz, 1) for r in res)
-        # ABY3 trunc1: P0 sends a - r to P2, one element per output; nobody else sends
-        assert [r[1] for r in res] == [(8 * nz, 1), (0, 1), (0, 1)]
+        if mode == "probabilistic":
+            # ABY3 trunc1: P0 sends a - r to P2, one element per output; nobody else sends
+            assert [r[1] for r in res] == [(8 * nz, 1), (0, 1), (0, 1)]
+        else:
+            assert [r[1] for r in res] == [(bits + 8 * nz, 2), (bits + 8 * nz, 2), (8 * nz, 1)]
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -304,7 +316,7 @@ def test_fixed_weight_opens_its_mask_once(suite: str) -> None:
             stats.append(op_stats(ctx, f"call{i}"))
         return stats, [o.reveal() for o in outs]
 
-    res = run_parties(suite, program, w, *xs)
+    res = run_parties(suite, program, w, *xs, fp=FixedPoint(truncation="probabilistic"))
     nx, nw, nz = 4 * 6, w.size, 4 * 2
     if suite == "2pc":
         for p in (0, 1):
@@ -353,7 +365,7 @@ def test_trig_communication(suite: str, period_bits: int) -> None:
             X.trig(2.0 ** (period_bits - FP.frac_bits), harmonics)
         return op_stats(ctx, "trig")
 
-    res = run_parties(suite, program, x)
+    res = run_parties(suite, program, x, fp=FixedPoint(truncation="probabilistic"))
     n, wire = x.size, (4 if period_bits <= 32 else 8)
     if suite == "2pc":
         assert res[0] == res[1] == (wire * n, 1)

@@ -23,7 +23,7 @@ import pytest
 
 from mpc_core.context import Context
 from mpc_core.prg import system_prg
-from mpc_core.ring import to_signed
+from mpc_core.ring import EXACT_TRUNC_BITS, FixedPoint, to_signed
 from mpc_core.runtime import run_parties
 from mpc_core.suites import suite_class
 from mpc_core.suites.twoparty import truncate_share
@@ -33,7 +33,7 @@ K = 16  # the truncation after a product with f = 16 fractional bits
 P_MIN = 1e-6  # smallest acceptable two-sided p-value of an observed failure count
 
 
-def truncate_shared(suite: str, x: np.ndarray, bits: int = K) -> np.ndarray:
+def truncate_shared(suite: str, x: np.ndarray, bits: int = K, mode: str = "probabilistic") -> np.ndarray:
     """Share the signed ring integers ``x`` as a data owner would, truncate in the protocol, open (signed)."""
     shares = suite_class(suite).split(x.view(np.uint64), system_prg())
 
@@ -41,7 +41,7 @@ def truncate_shared(suite: str, x: np.ndarray, bits: int = K) -> np.ndarray:
         data = ctx.suite.dummy(x.shape) if ctx.is_dealer else shares[ctx.participant]
         return ctx.suite.reveal(ctx.suite.truncate(data, bits))
 
-    return to_signed(run_parties(suite, program)[0])
+    return to_signed(run_parties(suite, program, fp=FixedPoint(truncation=mode))[0])
 
 
 def classify(x: np.ndarray, r: np.ndarray, bits: int = K) -> np.ndarray:
@@ -133,13 +133,14 @@ def test_no_failures_in_the_operating_range(suite: str) -> None:
 
 
 @pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("mode", ["probabilistic", "exact"])
 @pytest.mark.parametrize("residue", [0, 1, 1 << 15, (1 << 16) - 1, 40_000])
-def test_truncation_is_unbiased_for_every_value(suite: str, residue: int) -> None:
+def test_truncation_is_unbiased_for_every_value(suite: str, mode: str, residue: int) -> None:
     """For a fixed x, the mean of 2^k r - x over fresh sharings is 0 (each error lies in (-2^k, 2^k), so a
     5-sigma band is 5 2^k / sqrt(n)); values chosen by their residue mod 2^k."""
     n = 1 << 16
     x = np.full(n, 7 * (1 << K) + residue, dtype=np.int64)
-    r = truncate_shared(suite, x)
+    r = truncate_shared(suite, x, mode=mode)
     assert not classify(x, r).any()
     mean_error = float(((r << K) - x).mean())
     assert abs(mean_error) < 5 * (1 << K) / math.sqrt(n)
@@ -154,3 +155,14 @@ def test_unbiasedness_check_detects_the_plain_floor_variant() -> None:
     assert abs(float(((plain << K) - x).mean())) > 5 * (1 << K) / math.sqrt(n)
     unbiased = to_signed(truncate_share(s0, K, role=0) + truncate_share(s1, K, role=1))
     assert abs(float(((unbiased << K) - x).mean())) < 5 * (1 << K) / math.sqrt(n)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_exact_truncation_never_fails_up_to_its_bound(suite: str) -> None:
+    """Exact mode at raw |x| ~ 2^61 (where the probabilistic mode fails for 1 element in 8): no failure in
+    2^17 elements, every element within one unit; and the two ends of its range, -(2^62 - 1) and 2^62 - 1."""
+    n = 1 << 17
+    x = random_magnitudes(n, 61, seed=61)
+    x[:2] = [1 - (1 << EXACT_TRUNC_BITS), (1 << EXACT_TRUNC_BITS) - 1]
+    failed = classify(x, truncate_shared(suite, x, mode="exact"))
+    assert not failed.any()

@@ -141,6 +141,11 @@ class Replicated3PC(Suite):
         return self._reshare(z + self._zero_share(z.shape))
 
     def truncate(self, data: np.ndarray, bits: int) -> np.ndarray:
+        """Exact mode: the 2-of-2 exact truncation between P0 and P1 with P2 as generator, then back to
+        replicated shares (two rounds).  Probabilistic mode: ABY3 Pi_trunc1 (one round, see module doc)."""
+        if self.ctx.fp.truncation == "exact":
+            (out,) = self._from_2of2([self.core.truncate_exact(self._to_2of2(data), bits)])
+            return out
         me = self.ctx.participant
         if me == 0:
             a = truncate_share(data[0] + data[1], bits, role=0)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpc_core.ring import RING_DTYPE, SplitOperand, ring_matmul, to_signed
+from mpc_core.ring import EXACT_TRUNC_BITS, RING_DTYPE, SplitOperand, ring_matmul, ring_scalar, to_signed
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
@@ -172,9 +172,62 @@ class TwoPartyCore:
 
     # ------------------------------------------------------------------ truncation
     def truncate(self, x: np.ndarray, bits: int) -> np.ndarray:
+        """x / 2^bits in the mode the fixed-point parameters choose (see FixedPoint.truncation)."""
+        if self.ctx.fp.truncation == "exact":
+            return self.truncate_exact(x, bits)
         if self.is_dealer:
             return x
         return truncate_share(x, bits, self.role)
+
+    def truncate_exact(self, x: np.ndarray, bits: int) -> np.ndarray:
+        """Truncation that cannot wrap, for raw values |x| < 2^62; one round, two bits per element.
+
+        P0 adds 2^62 - 1 to its share, so x' = x - 1 + 2^62 lies in [0, 2^63).  Then the wrap of the
+        sharing, w = [x0' + x1' >= 2^64], is m0 OR m1 for the top bits m0, m1 of the two shares (with
+        msb(x') = 0 the carry into bit 63 equals m0 XOR m1, and w = maj(m0, m1, m0 XOR m1) = m0 OR m1), so
+        floor(x0' / 2^k) + floor(x1' / 2^k) - w 2^(64 - k) = floor(x' / 2^k) - c with a low carry c in {0, 1}.
+        OR of two private bits: each party masks its bit with a dealt random bit (a known to P0, b to P1),
+        they swap e = m0 ^ a and f = m1 ^ b (packed bits, one round), and with dealt shares of a b,
+        m0 m1 = e f + f a (1 - 2e) + e b (1 - 2f) + a b (1 - 2e)(1 - 2f) is linear in what each party
+        knows.  P0 finally adds 1 - 2^(62 - k).  With rho = x mod 2^k the result is x / 2^k + 1 - c - rho 2^-k
+        where P[c = 0] = rho / 2^k (rho = 0 gives x / 2^k exactly): strictly within one unit and unbiased.
+        """
+        shape = x.shape
+        if self.is_dealer:
+            a = self.ctx.prg_with(self.p0).ring(shape) & _ONE
+            b = self.ctx.prg_with(self.p1).ring(shape) & _ONE
+            self._dealt(shape, lambda: a * b)
+            return np.zeros(shape, dtype=RING_DTYPE)
+        own_mask = self.ctx.prg_with(self.dealer).ring(shape) & _ONE
+        ab = self._dealt(shape, None)
+        shifted = x + np.uint64((1 << EXACT_TRUNC_BITS) - 1) if self.role == 0 else x
+        top = shifted >> np.uint64(63)
+        (theirs,) = self.open_bits([top ^ own_mask])
+        mine = top ^ own_mask
+        e, f = (mine, theirs) if self.role == 0 else (theirs, mine)
+        one = np.ones_like(e)
+        sign_e, sign_f = one - (e << _ONE), one - (f << _ONE)
+        if self.role == 0:
+            both = e * f + f * own_mask * sign_e + ab * sign_e * sign_f
+        else:
+            both = e * own_mask * sign_f + ab * sign_e * sign_f
+        wrap = top - both
+        out = (shifted >> np.uint64(bits)) - (wrap << np.uint64(64 - bits))
+        if self.role == 0:
+            out += ring_scalar(1 - (1 << (EXACT_TRUNC_BITS - bits)))
+        return out
+
+    def open_bits(self, bits: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Send this party's bits (0/1 words) packed eight to a byte; return the other party's bits."""
+        flat = np.concatenate([np.ravel(b) for b in bits]).astype(np.uint8)
+        packed = np.packbits(flat)
+        theirs = self.ctx.exchange({self.other: packed}, {self.other: (packed.shape, np.uint8)})[self.other]
+        unpacked = np.unpackbits(theirs, count=flat.size).astype(RING_DTYPE)
+        out, start = [], 0
+        for b in bits:
+            out.append(unpacked[start : start + b.size].reshape(b.shape))
+            start += b.size
+        return out
 
     # ------------------------------------------------------------------ bits
     def bit_to_arith(self, bit: np.ndarray) -> np.ndarray:
@@ -257,8 +310,8 @@ class TwoPartyCore:
                 )
 
             self._dealt((2 * len(ks), *shape), tables)
-            zeros = [np.zeros(shape, dtype=RING_DTYPE) for _ in ks]
-            return zeros, list(zeros)
+            both = self.truncate(np.zeros((2, len(ks), *shape), dtype=RING_DTYPE), frac_bits)
+            return list(both[0]), list(both[1])
         table = self._dealt((2 * len(ks), *shape), None)
         (delta,) = self.open([((x + t) & mask).astype(wire)])
         delta = delta.astype(RING_DTYPE) & mask
@@ -268,6 +321,5 @@ class TwoPartyCore:
         sin_d = np.rint(np.sin(theta) * scale).astype(np.int64).view(RING_DTYPE)
         cos_t, sin_t = table[: len(ks)], table[len(ks) :]
         # cos(k(d - t)) = cos kd cos kt + sin kd sin kt;  sin(k(d - t)) = sin kd cos kt - cos kd sin kt
-        cos_x = self.truncate(cos_d * cos_t + sin_d * sin_t, frac_bits)
-        sin_x = self.truncate(sin_d * cos_t - cos_d * sin_t, frac_bits)
-        return list(cos_x), list(sin_x)
+        both = self.truncate(np.stack([cos_d * cos_t + sin_d * sin_t, sin_d * cos_t - cos_d * sin_t]), frac_bits)
+        return list(both[0]), list(both[1])
