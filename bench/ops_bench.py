@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.harness import Prepare, measure
-from mpc_core import functions as F
+from mpc_core import functions as fn
 from mpc_core.tensor import SharedTensor
 
 
@@ -55,61 +55,96 @@ def _warm_fixed(ctx, x: SharedTensor, w: SharedTensor) -> tuple[SharedTensor, Sh
 def op_cases() -> list[OpCase]:
     return [
         OpCase(
-            "matmul", [128, 768, 768],
+            "matmul",
+            [128, 768, 768],
             lambda r: [r.normal(size=(128, 768)), r.normal(0, 0.02, size=(768, 768))],
-            lambda ctx, x, w: x @ w, lambda x, w: x @ w, notes="fresh operands",
+            lambda ctx, x, w: x @ w,
+            lambda x, w: x @ w,
+            notes="fresh operands",
         ),
         OpCase(
-            "matmul_fixed_weight", [128, 768, 768],
+            "matmul_fixed_weight",
+            [128, 768, 768],
             lambda r: [r.normal(size=(128, 768)), r.normal(0, 0.02, size=(768, 768))],
-            lambda ctx, x, w: x @ w, lambda x, w: x @ w, prepare=_warm_fixed,
+            lambda ctx, x, w: x @ w,
+            lambda x, w: x @ w,
+            prepare=_warm_fixed,
             notes="weight operand fixed; its mask opened once before timing",
         ),
         OpCase(
-            "softmax", [12, 128, 128],
+            "softmax",
+            [12, 128, 128],
             lambda r: [r.uniform(-15, 15, size=(12, 128, 128))],
-            lambda ctx, x: F.softmax(x, axis=-1), _softmax_ref, notes="rows spread up to 30",
+            lambda ctx, x: fn.softmax(x, axis=-1),
+            _softmax_ref,
+            notes="rows spread up to 30",
         ),
         OpCase(
-            "gelu", [128, 3072],
+            "gelu",
+            [128, 3072],
             lambda r: [r.uniform(-10, 10, size=(128, 3072))],
-            lambda ctx, x: F.gelu(x), _gelu_ref, notes="inputs uniform on [-10, 10]",
+            lambda ctx, x: fn.gelu(x),
+            _gelu_ref,
+            notes="inputs uniform on [-10, 10]",
         ),
         OpCase(
-            "layernorm", [128, 768],
-            lambda r: [r.normal(0, 3, size=(128, 768)), r.normal(1, 0.1, size=(768,)), r.normal(0, 0.1, size=(768,))],
-            lambda ctx, x, w, b: F.layer_norm(x, w, b, 1e-12), _layernorm_ref, notes="weight and bias shared",
+            "layernorm",
+            [128, 768],
+            lambda r: [
+                r.normal(0, 3, size=(128, 768)),
+                r.normal(1, 0.1, size=(768,)),
+                r.normal(0, 0.1, size=(768,)),
+            ],
+            lambda ctx, x, w, b: fn.layer_norm(x, w, b, 1e-12),
+            _layernorm_ref,
+            notes="weight and bias shared",
         ),
         OpCase(
-            "exp", [128, 768],
+            "exp",
+            [128, 768],
             lambda r: [r.uniform(-20, 0, size=(128, 768))],
-            lambda ctx, x: F.exp(x), np.exp, notes="inputs on [-20, 0]",
+            lambda ctx, x: fn.exp(x),
+            np.exp,
+            notes="inputs on [-20, 0]",
         ),
         OpCase(
-            "reciprocal", [128, 768],
+            "reciprocal",
+            [128, 768],
             lambda r: [r.uniform(1, 128, size=(128, 768))],
-            lambda ctx, x: F.reciprocal(x), lambda x: 1.0 / x, notes="inputs on [1, 128]",
+            lambda ctx, x: fn.reciprocal(x),
+            lambda x: 1.0 / x,
+            notes="inputs on [1, 128]",
         ),
         OpCase(
-            "rsqrt", [128, 768],
+            "rsqrt",
+            [128, 768],
             lambda r: [r.uniform(0.01, 100, size=(128, 768))],
-            lambda ctx, x: F.rsqrt(x), lambda x: 1.0 / np.sqrt(x), notes="inputs on [0.01, 100]",
+            lambda ctx, x: fn.rsqrt(x),
+            lambda x: 1.0 / np.sqrt(x),
+            notes="inputs on [0.01, 100]",
         ),
         OpCase(
-            "cos", [128, 768],
+            "cos",
+            [128, 768],
             lambda r: [r.uniform(-30, 30, size=(128, 768))],
-            lambda ctx, x: x.trig(64.0, [1])[0][0], lambda x: np.cos(2 * np.pi * x / 64.0),
+            lambda ctx, x: x.trig(64.0, [1])[0][0],
+            lambda x: np.cos(2 * np.pi * x / 64.0),
             notes="one harmonic, period 64",
         ),
         OpCase(
-            "compare", [128, 768],
+            "compare",
+            [128, 768],
             lambda r: [r.normal(size=(128, 768)), r.normal(size=(128, 768))],
-            lambda ctx, x, y: F.less_than(x, y), lambda x, y: (x < y).astype(np.float64), notes="x < y as a bit",
+            lambda ctx, x, y: fn.less_than(x, y),
+            lambda x, y: (x < y).astype(np.float64),
+            notes="x < y as a bit",
         ),
     ]
 
 
-def bench_ops(suites: tuple[str, ...] = ("2pc", "3pc"), only: set[str] | None = None) -> list[dict[str, object]]:
+def bench_ops(
+    suites: tuple[str, ...] = ("2pc", "3pc"), only: set[str] | None = None
+) -> list[dict[str, object]]:
     rows = []
     for case in op_cases():
         if only and case.op not in only:
@@ -133,5 +168,8 @@ def bench_ops(suites: tuple[str, ...] = ("2pc", "3pc"), only: set[str] | None = 
                     "notes": case.notes,
                 }
             )
-            print(f"  ops {suite} {case.op}: {m.seconds:.3f} s, {m.bytes / 2**20:.2f} MiB, {m.rounds} rounds", flush=True)
+            print(
+                f"  ops {suite} {case.op}: {m.seconds:.3f} s, {m.bytes / 2**20:.2f} MiB, {m.rounds} rounds",
+                flush=True,
+            )
     return rows

@@ -42,18 +42,26 @@ def render_markdown(results: dict) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
         lines.append(f"| {row['target']} | {row['goal']} | {row['ours']} | {met} |")
     if results.get("ring_matmul"):
-        lines += ["", "## ring_matmul (seconds)", "",
-                  "| shape | ring | ring, fixed operand | numpy uint64 | float64 | speed-up vs uint64 |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## ring_matmul (seconds)",
+            "",
+            "| shape | ring | ring, fixed operand | numpy uint64 | float64 | speed-up vs uint64 |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in results["ring_matmul"]:
             lines.append(
                 f"| {r['shape']} | {r['ring_s']:.4f} | {r['ring_fixed_operand_s']:.4f} | {r['numpy_uint64_s']:.4f} "
                 f"| {r['float64_s']:.4f} | {r['numpy_uint64_s'] / r['ring_s']:.1f}x |"
             )
     if results.get("ops"):
-        lines += ["", "## ops", "",
-                  "| suite | op | shape | transport | seconds | party CPU s | MiB | dealer MiB | rounds | max abs err |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## ops",
+            "",
+            "| suite | op | shape | transport | seconds | party CPU s | MiB | dealer MiB | rounds | max abs err |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in results["ops"]:
             lines.append(
                 f"| {r['suite']} | {r['op']} | {r['shape']} | {r['transport']} | {r['seconds']:.3f} "

@@ -40,8 +40,9 @@ def _ring_vs_float(results: dict) -> tuple[str, bool] | None:
     return f"{ratio:.1f}x float64", ratio <= 7
 
 
-def _op_target(op: str, seconds: float, mib: float | None = None, rounds: int | None = None,
-               err: float | None = None) -> Callable[[dict], tuple[str, bool] | None]:
+def _op_target(
+    op: str, seconds: float, mib: float | None = None, rounds: int | None = None, err: float | None = None
+) -> Callable[[dict], tuple[str, bool] | None]:
     def check(results: dict) -> tuple[str, bool] | None:
         row = _best_op(results, op)
         if row is None:
@@ -63,13 +64,23 @@ def _op_target(op: str, seconds: float, mib: float | None = None, rounds: int | 
 
 
 TARGETS = [
-    Target("ring matmul [256,768,768] vs numpy uint64 (issue 2)", ">= 5x faster", lambda r: _ring_speedup(r, 5)),
-    Target("ring matmul [256,768,768] vs numpy uint64 (issue 7)", ">= 8x faster", lambda r: _ring_speedup(r, 8)),
+    Target(
+        "ring matmul [256,768,768] vs numpy uint64 (issue 2)", ">= 5x faster", lambda r: _ring_speedup(r, 5)
+    ),
+    Target(
+        "ring matmul [256,768,768] vs numpy uint64 (issue 7)", ">= 8x faster", lambda r: _ring_speedup(r, 8)
+    ),
     Target("ring matmul [256,768,768] vs float64 GEMM (issue 7)", "within 7x", _ring_vs_float),
-    Target("matmul 128x768x768, weight fixed", "<= 0.12 s, <= 1.6 MiB",
-           _op_target("matmul_fixed_weight", 0.12, mib=1.6)),
-    Target("softmax 12x128x128", "<= 0.5 s, < 73 MiB, < 111 rounds",
-           _op_target("softmax", 0.5, mib=73, rounds=111)),
+    Target(
+        "matmul 128x768x768, weight fixed",
+        "<= 0.12 s, <= 1.6 MiB",
+        _op_target("matmul_fixed_weight", 0.12, mib=1.6),
+    ),
+    Target(
+        "softmax 12x128x128",
+        "<= 0.5 s, < 73 MiB, < 111 rounds",
+        _op_target("softmax", 0.5, mib=73, rounds=111),
+    ),
     Target("GELU 128x3072 on [-10, 10]", "<= 0.8 s, err <= 1e-2", _op_target("gelu", 0.8, err=1e-2)),
     Target("LayerNorm 128x768", "<= 0.07 s", _op_target("layernorm", 0.07)),
 ]

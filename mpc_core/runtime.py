@@ -59,7 +59,7 @@ def run_parties(
                 for share, secret in zip(own, secrets, strict=True)
             ]
             results[participant] = program(ctx, *inputs)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:  # re-raised in the caller thread
             errors[participant] = exc
             network.close()
 

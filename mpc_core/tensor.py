@@ -25,9 +25,7 @@ Public = float | int | np.ndarray
 
 
 def _is_integer(value: Public) -> bool:
-    return isinstance(value, int | np.integer) or (
-        isinstance(value, np.ndarray) and value.dtype.kind in "iu"
-    )
+    return isinstance(value, int | np.integer) or (isinstance(value, np.ndarray) and value.dtype.kind in "iu")
 
 
 class SharedTensor:
@@ -45,8 +43,13 @@ class SharedTensor:
 
     # ------------------------------------------------------------------ construction and output
     @classmethod
-    def from_share(cls, ctx: Context, share: np.ndarray | None, shape: Sequence[int] | None = None,
-                   scale: int | None = None) -> SharedTensor:
+    def from_share(
+        cls,
+        ctx: Context,
+        share: np.ndarray | None,
+        shape: Sequence[int] | None = None,
+        scale: int | None = None,
+    ) -> SharedTensor:
         """Wrap a share received from a data or model owner (the dealer passes None and the shape)."""
         scale = ctx.fp.frac_bits if scale is None else scale
         if ctx.is_dealer:

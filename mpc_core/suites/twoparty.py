@@ -82,7 +82,9 @@ class TwoPartyCore:
         return out
 
     # ------------------------------------------------------------------ correlated randomness
-    def _dealt(self, shape: tuple[int, ...], make: Callable[[], np.ndarray] | None, xor: bool = False) -> np.ndarray:
+    def _dealt(
+        self, shape: tuple[int, ...], make: Callable[[], np.ndarray] | None, xor: bool = False
+    ) -> np.ndarray:
         """One dealt value: P0's share from its seed, P1's as a correction sent by the dealer.
 
         ``make`` (called at the dealer only) computes the value to be shared.
@@ -167,7 +169,9 @@ class TwoPartyCore:
             self._fixed[key] = (SplitOperand(y, "right"), SplitOperand(f, "right"))
         y_split, f_split = self._fixed[key]
         if y_split.shape != y.shape:
-            raise ValueError(f"fixed operand {key!r} was registered with shape {y_split.shape}, got {y.shape}")
+            raise ValueError(
+                f"fixed operand {key!r} was registered with shape {y_split.shape}, got {y.shape}"
+            )
         return y_split, f_split, None
 
     # ------------------------------------------------------------------ truncation
@@ -305,8 +309,10 @@ class TwoPartyCore:
 
             def tables() -> np.ndarray:
                 theta = ks.reshape((-1,) + (1,) * len(shape)) * angle
-                return np.rint(np.concatenate([np.cos(theta), np.sin(theta)]) * scale).astype(np.int64).view(
-                    RING_DTYPE
+                return (
+                    np.rint(np.concatenate([np.cos(theta), np.sin(theta)]) * scale)
+                    .astype(np.int64)
+                    .view(RING_DTYPE)
                 )
 
             self._dealt((2 * len(ks), *shape), tables)
@@ -315,11 +321,15 @@ class TwoPartyCore:
         table = self._dealt((2 * len(ks), *shape), None)
         (delta,) = self.open([((x + t) & mask).astype(wire)])
         delta = delta.astype(RING_DTYPE) & mask
-        theta = ks.reshape((-1,) + (1,) * len(shape)) * ((2 * np.pi / 2.0**period_bits) * delta.astype(np.float64))
+        theta = ks.reshape((-1,) + (1,) * len(shape)) * (
+            (2 * np.pi / 2.0**period_bits) * delta.astype(np.float64)
+        )
         scale = float(1 << frac_bits)
         cos_d = np.rint(np.cos(theta) * scale).astype(np.int64).view(RING_DTYPE)
         sin_d = np.rint(np.sin(theta) * scale).astype(np.int64).view(RING_DTYPE)
         cos_t, sin_t = table[: len(ks)], table[len(ks) :]
         # cos(k(d - t)) = cos kd cos kt + sin kd sin kt;  sin(k(d - t)) = sin kd cos kt - cos kd sin kt
-        both = self.truncate(np.stack([cos_d * cos_t + sin_d * sin_t, sin_d * cos_t - cos_d * sin_t]), frac_bits)
+        both = self.truncate(
+            np.stack([cos_d * cos_t + sin_d * sin_t, sin_d * cos_t - cos_d * sin_t]), frac_bits
+        )
         return list(both[0]), list(both[1])
