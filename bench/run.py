@@ -51,7 +51,8 @@ def render_markdown(results: dict) -> str:
         ]
         for r in results["ring_matmul"]:
             lines.append(
-                f"| {r['shape']} | {r['ring_s']:.4f} | {r['ring_fixed_operand_s']:.4f} | {r['numpy_uint64_s']:.4f} "
+                f"| {r['shape']} | {r['ring_s']:.4f} | {r['ring_fixed_operand_s']:.4f} "
+                f"| {r['numpy_uint64_s']:.4f} "
                 f"| {r['float64_s']:.4f} | {r['numpy_uint64_s'] / r['ring_s']:.1f}x |"
             )
     if results.get("ops"):
@@ -59,7 +60,8 @@ def render_markdown(results: dict) -> str:
             "",
             "## ops",
             "",
-            "| suite | op | shape | transport | seconds | party CPU s | MiB | dealer MiB | rounds | max abs err |",
+            "| suite | op | shape | transport | seconds | party CPU s | MiB | dealer MiB | rounds "
+            "| max abs err |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results["ops"]:

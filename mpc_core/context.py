@@ -180,4 +180,5 @@ class Context:
 
     def _pair_tag(self, src: int, dst: int) -> str:
         self._pair_counters[(src, dst)] += 1
-        return f"{self.suite.name}/f{self.fp.frac_bits}/{self.fp.truncation}:{src}->{dst}#{self._pair_counters[(src, dst)]}"
+        setting = f"{self.suite.name}/f{self.fp.frac_bits}/{self.fp.truncation}"
+        return f"{setting}:{src}->{dst}#{self._pair_counters[(src, dst)]}"

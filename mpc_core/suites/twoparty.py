@@ -137,7 +137,7 @@ class TwoPartyCore:
         return e * x + a * e + c
 
     def _matmul(self, x: np.ndarray, y: np.ndarray, fixed_key: str | None) -> np.ndarray:
-        out_shape = np.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1])
+        out_shape = (*np.broadcast_shapes(x.shape[:-2], y.shape[:-2]), x.shape[-2], y.shape[-1])
         a, a_parts = self._random_pair(x.shape)
         if fixed_key is not None:
             y_split, f_split, b_split = self._fixed_operand(fixed_key, y)
@@ -160,7 +160,7 @@ class TwoPartyCore:
         """(split y_i, split F = y - b, dealer's split b) for a fixed right operand, opened once per key."""
         if self.is_dealer:
             if key not in self._dealer_fixed:
-                b0, (p0, p1) = self._random_pair(y.shape)
+                _, (p0, p1) = self._random_pair(y.shape)
                 self._dealer_fixed[key] = SplitOperand(p0 + p1, "right")
             return None, None, self._dealer_fixed[key]
         if key not in self._fixed:
