@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -44,13 +45,17 @@ def run_program(
     shares: Mapping[str, np.ndarray] | None,
     shapes: Mapping[str, Shape],
     model: Mapping[str, SharedTensor] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> dict[str, SharedTensor]:
-    """Wrap the input shares (None at the dealer) and run ``program`` on this participant."""
+    """Wrap the input shares (None at the dealer) and run ``program`` on this participant.
+
+    ``state`` is the job's per-participant state that persists across batches (fresh if None).
+    """
     inputs = {
         name: SharedTensor.from_share(ctx, None if shares is None else shares[name], shape)
         for name, shape in shapes.items()
     }
-    return program.run(ctx, inputs, params, model)
+    return program.run(ctx, inputs, params, model, {} if state is None else state)
 
 
 def run_in_process(

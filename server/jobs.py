@@ -103,6 +103,7 @@ class Job:
     transport: GrpcTransport | None = None
     incoming: dict[int, asyncio.Future] = field(default_factory=dict)
     model_tensors: dict[str, SharedTensor] | None = None
+    state: dict = field(default_factory=dict)  # the program's per-job state (same on every participant)
     evaluate_seconds: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
     aborted: str | None = None
@@ -333,7 +334,7 @@ class JobManager:
             if job.program.uses_model:
                 job.model_tensors = self.model.wrap(ctx)
         shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
-        produced = run_program(ctx, job.program, params, shares, inputs, job.model_tensors)
+        produced = run_program(ctx, job.program, params, shares, inputs, job.model_tensors, job.state)
         if set(produced) != set(outputs):
             raise ProtocolError(
                 f"program {job.program.name!r} produced {sorted(produced)}, planned {sorted(outputs)}"
@@ -486,6 +487,7 @@ class JobManager:
         job.upload_bytes = 0
         job.result = None
         job.model_tensors = None
+        job.state = {}
 
     def reap_idle(self) -> list[str]:
         limit = self.config.limits.job_idle_timeout_s

@@ -27,7 +27,6 @@ from mpc_core.ring import RING_DTYPE
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
-    from mpc_core.tensor import SharedTensor
 
 MANIFEST_NAME = "manifest.json"
 SLOTS = {"2pc": 1, "3pc": 2}
@@ -45,6 +44,14 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+class ModelTensors(dict):
+    """Name -> SharedTensor of one job's context, with the public model description at ``.loaded``."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.loaded = loaded
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One participant's model: public shapes, the manifest's digest, and its own shares (None: dealer)."""
@@ -57,11 +64,11 @@ class LoadedModel:
     shares: Mapping[str, np.ndarray] | None = field(repr=False)
     manifest: Mapping = field(repr=False)
 
-    def wrap(self, ctx: Context) -> dict[str, SharedTensor]:
+    def wrap(self, ctx: Context) -> ModelTensors:
         """This participant's shares as SharedTensors of ``ctx`` (weights marked as fixed operands)."""
         from mpc_core.tensor import SharedTensor
 
-        out: dict[str, SharedTensor] = {}
+        out = ModelTensors(self)
         for name, shape in self.shapes.items():
             share = None if self.shares is None else self.shares[name]
             tensor = SharedTensor.from_share(ctx, share, shape)

@@ -1,7 +1,8 @@
 """The program registry: the secure computations a job may name (``JobSpec.program``).
 
-Built-in programs (``affine``, ``mlp``, ``rounds``) need no model; model programs (the secure forward
-of the shared encoder) are registered by :mod:`server.programs.model` when the model code is present.
+Small programs (``affine``, ``mlp``, ``rounds``, ``model_linear``: :mod:`server.programs.builtin`) serve
+tests and benchmarks; ``prompt_tuning`` (:mod:`server.programs.tuning`) is the batched secure forward of
+the shared encoder that the data owner's tuning loop calls.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from server.programs.builtin import BUILTIN
 
 
 def _registry() -> dict[str, Program]:
-    programs: dict[str, Program] = {cls.name: cls() for cls in BUILTIN}
-    return programs
+    from server.programs.tuning import PromptTuning
+
+    return {cls.name: cls() for cls in (*BUILTIN, PromptTuning)}
 
 
 PROGRAMS: dict[str, Program] = _registry()

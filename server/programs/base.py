@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,8 +57,13 @@ class Program(ABC):
         inputs: Mapping[str, SharedTensor],
         params: BaseModel,
         model: Mapping[str, SharedTensor] | None,
+        state: dict[str, Any],
     ) -> dict[str, SharedTensor]:
-        """Compute the outputs (every participant, same calls, same order)."""
+        """Compute the outputs (every participant, same calls, same order).
+
+        ``state`` persists across the batches of one job (e.g. values computed once per job); what is
+        cached in it must depend on public information only, so that every participant caches alike.
+        """
 
 
 def require_inputs(program: str, inputs: Mapping[str, Shape], names: tuple[str, ...]) -> None:

@@ -38,7 +38,7 @@ class Affine(Program):
             raise PlanError(f"affine shapes do not chain: x{x} @ w{w} + b{b}")
         return {"y": (*x[:-1], w[1])}
 
-    def run(self, ctx, inputs, params, model):
+    def run(self, ctx, inputs, params, model, state):
         x, w, b = inputs["x"], inputs["w"], inputs["b"]
         if params.integer:
             x, w, b = (SharedTensor(ctx, t.data, 0) for t in (x, w, b))
@@ -63,7 +63,7 @@ class Mlp(Program):
             raise PlanError(f"mlp shapes do not chain: x{x} w1{w1} b1{b1} w2{w2} b2{b2}")
         return {"y": (x[0], w2[1])}
 
-    def run(self, ctx, inputs, params, model):
+    def run(self, ctx, inputs, params, model, state):
         with ctx.op("mlp.layer1"):
             h = inputs["x"] @ inputs["w1"] + inputs["b1"]
         with ctx.op(f"mlp.{params.activation}"):
@@ -90,7 +90,7 @@ class Rounds(Program):
         require_inputs(self.name, inputs, ("x",))
         return {"y": inputs["x"]}
 
-    def run(self, ctx, inputs, params, model):
+    def run(self, ctx, inputs, params, model, state):
         y = inputs["x"]
         with ctx.op("rounds"):
             for _ in range(params.rounds):
@@ -124,7 +124,7 @@ class ModelLinear(Program):
             raise PlanError(f"x{x} does not chain with {params.weight}{w}")
         return {"y": (*x[:-1], w[1])}
 
-    def run(self, ctx, inputs, params, model):
+    def run(self, ctx, inputs, params, model, state):
         with ctx.op("model_linear"):
             y = inputs["x"] @ model[params.weight]
             if params.bias is not None:

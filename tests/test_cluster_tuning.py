@@ -1,0 +1,127 @@
+"""The ``prompt_tuning`` program on real clusters: a tiny shared BERT (secp-share-model output), the
+batched secure forward of several candidate prompts through gRPC, compared with the in-process run
+(identical shares, same test seed) and with the float64 plaintext model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers_models import make_tiny_model, random_batch
+
+from data_owner.client import ClusterClient
+from model_owner.share import share_model
+from mpc_core.nn import (
+    AttentionConfig,
+    MLMHead,
+    PlainBackend,
+    SimilarityHead,
+    candidate_logits,
+    candidate_losses,
+)
+from mpc_core.nn.heads import similarity_anchors
+from mpc_core.nn.weights import load_checkpoint
+from mpc_core.prg import PRG
+from mpc_core.ring import FixedPoint
+from mpc_core.suites import suite_class
+from server.execute import run_in_process
+from server.model_store import load_model
+from server.testing import running_cluster
+
+pytestmark = pytest.mark.timeout(300)
+
+FP = FixedPoint()
+N, T, L, P, C = 3, 10, 2, 2, 2
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("ckpt") / "tiny", "bert", mlm=True, num_hidden_layers=1)
+
+
+def _inputs(cfg, head: str, output: str):
+    rng = np.random.default_rng(5)
+    _, mask = random_batch(rng, N, T, cfg.vocab, 0, 2, 3, min_len=L + 3)
+    x = rng.normal(size=(N, T, cfg.hidden)) * 0.5
+    secrets = {"train.x": x, "prompts": rng.normal(size=(P, L, cfg.hidden)) * 0.05}
+    params = {"split": "train", "output": output, "head": head, "mask": mask.tolist(), "loss": "ce"}
+    if output == "losses":
+        secrets["train.y"] = np.eye(C)[rng.integers(0, C, size=N)]
+    if head == "mlm":
+        params["label_words"] = [7, 9]
+        params["mask_positions"] = [int(m.sum()) - 2 for m in mask]
+    else:
+        anchor_mask = np.ones((C, 5), dtype=np.int64)
+        anchor_mask[1, 4] = 0
+        secrets["anchors.x"] = rng.normal(size=(C, 5, cfg.hidden)) * 0.5
+        params["anchor_mask"] = anchor_mask.tolist()
+        params["scale"] = 5.0
+    return secrets, params
+
+
+def _plaintext(weights, cfg, secrets, params):
+    mask = np.asarray(params["mask"])
+    attn = AttentionConfig(mode="softmax")
+    if params["head"] == "mlm":
+        head = MLMHead(tuple(params["label_words"]))
+        positions = np.asarray(params["mask_positions"])
+    else:
+        anchors = similarity_anchors(weights, cfg, secrets["anchors.x"], np.asarray(params["anchor_mask"]))
+        head = SimilarityHead(anchors, scale=params["scale"])
+        positions = None
+    B = PlainBackend(weights)
+    if params["output"] == "losses":
+        return candidate_losses(
+            B, cfg, attn, head, secrets["train.x"], secrets["prompts"], secrets["train.y"], mask, positions
+        )
+    return candidate_logits(B, cfg, attn, head, secrets["train.x"], secrets["prompts"], mask, positions)
+
+
+@pytest.mark.parametrize(
+    ("suite", "head", "output"), [("2pc", "mlm", "losses"), ("3pc", "similarity", "logits")]
+)
+def test_prompt_tuning_batch_matches_in_process_and_plaintext(tmp_path, checkpoint, suite, head, output):
+    manifest = share_model(checkpoint, suite, tmp_path / "model", prg=PRG(bytes(16)))
+    cfg = manifest.config
+    secrets, params = _inputs(cfg, head, output)
+    prg = PRG(b"tuning-test-seed")
+    split = {name: suite_class(suite).split(FP.encode(v), prg) for name, v in secrets.items()}
+    parties = len(next(iter(split.values())))
+    seed = b"prompt-tuning"
+    with running_cluster(tmp_path, suite, model="model") as (config, _), ClusterClient(config) as client:
+        digest = client.server_info()[0].model_digest
+        job = client.open_job("prompt_tuning", model_digest=digest, test_seed=seed)
+        for name, shares in split.items():
+            job.upload_shares(name, shares)
+        outputs = job.evaluate(params=params)
+        assert outputs[output].shape == ((P,) if output == "losses" else (P, N, C))
+        got = job.fetch_shares(output)
+        value = job.reveal_float(output)
+        job.evaluate(params=params)  # a second batch reuses the job's state (anchors, fixed weights)
+        assert np.allclose(job.reveal_float(output), value, atol=2e-3)
+        status = job.status()
+        assert all(s.batches_done == 2 for s in status.values())
+        job.close()
+    models = [
+        load_model(
+            config.model, participant=p, holds_shares=p in config.compute_parties, suite=suite, frac_bits=16
+        )
+        for p in range(3)
+    ]
+    shares = [{name: s[p] for name, s in split.items()} for p in range(parties)]
+    reference = run_in_process(
+        suite,
+        "prompt_tuning",
+        json.dumps(params),
+        shares,
+        {n: v.shape for n, v in secrets.items()},
+        test_seed=seed,
+        models=models,
+    )
+    for p in range(parties):
+        assert np.array_equal(got[p], reference[p][output][0]), f"participant {p}'s share differs"
+    _, weights = load_checkpoint(checkpoint)
+    expected = _plaintext(weights, cfg, secrets, params)
+    assert value.shape == expected.shape
+    assert np.allclose(value, expected, atol=5e-2), np.abs(value - expected).max()
