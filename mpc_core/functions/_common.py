@@ -136,3 +136,56 @@ def mean_last(x: SharedTensor) -> SharedTensor:
     if shift:
         total = total.truncate(shift)
     return total * (1.0 / odd) if odd > 1 else total
+
+
+# --------------------------------------------------------------------------------------------------
+# Products at a chosen number of fractional bits (for chains that need more precision than f)
+# --------------------------------------------------------------------------------------------------
+
+#: Raw products below 2^RAW_BITS are safe to truncate in exact mode (EXACT_TRUNC_BITS = 62, one bit spare).
+RAW_BITS = 61
+
+
+def exact_truncation(ctx) -> bool:
+    """Whether the context truncates exactly (no wrap failure below 2^62) rather than probabilistically.
+
+    Probabilistic truncation fails with probability |raw| / 2^64, so extra fractional bits are only safe
+    in exact mode; functions fall back to f bits otherwise (same protocol, less precision, never a
+    plaintext shortcut).
+    """
+    return getattr(ctx.fp, "truncation", "probabilistic") == "exact"
+
+
+def working_bits(ctx, magnitude_bits: int) -> int:
+    """Fractional bits for products of values below 2^magnitude_bits: as many as exact truncation allows
+    (2 s + magnitude_bits <= RAW_BITS, at most 28), else the context's f."""
+    f = ctx.fp.frac_bits
+    if not exact_truncation(ctx):
+        return f
+    return max(f, min(28, (RAW_BITS - magnitude_bits) // 2))
+
+
+def rescale(x: SharedTensor, scale_in: int, scale_out: int) -> SharedTensor:
+    """A tensor whose ring value carries ``scale_in`` fractional bits, re-expressed with ``scale_out``.
+
+    Going up multiplies by the public integer 2^(out - in) (exact, local); going down truncates (one
+    truncation, error below one unit of the new scale).
+    """
+    ring = reinterpret(x, 0)
+    if scale_out >= scale_in:
+        return reinterpret(ring * (1 << (scale_out - scale_in)), scale_out)
+    return reinterpret(ring.truncate(scale_in - scale_out), scale_out)
+
+
+def mul_at(a: SharedTensor, scale_a: int, b: SharedTensor, scale_b: int, scale_out: int) -> SharedTensor:
+    """a * b for ring values carrying scale_a and scale_b fractional bits, truncated to scale_out bits.
+
+    The raw product (|a b| 2^(scale_a + scale_b)) must stay below 2^62 in exact mode.
+    """
+    raw = reinterpret(a, 0) * reinterpret(b, 0)
+    return rescale(raw, scale_a + scale_b, scale_out)
+
+
+def square_at(a: SharedTensor, scale_a: int, scale_out: int) -> SharedTensor:
+    """a^2 (ring value at scale_a) truncated to scale_out bits; the raw square must stay below 2^62."""
+    return rescale(reinterpret(a, 0).square(), 2 * scale_a, scale_out)

@@ -3,28 +3,33 @@
 Initial guess (one batched comparison, no normalisation circuit): the bits [x >= lo 2^j] for every octave
 boundary in (lo, hi) come from one msb call (:func:`~mpc_core.functions._common.octave_bits`); each octave
 [t, 2t) gets the public constant that minimises the worst relative error of the guess on it, selected
-locally.  Then a few quadratically convergent iterations (Goldschmidt; see each function):
+locally.  Then a few quadratically convergent iterations:
 
-* reciprocal: guess 2/(3t), so e0 = 1 - x y0 lies in [-1/3, 1/3]; y_{i+1} = y_i (1 + e_i),
-  e_{i+1} = e_i^2 (both products in one round) gives y_K = (1 - e0^(2^K)) / x: relative error
-  (1/3)^(2^K) = 1.5e-4 for K = 3, 2.3e-8 for K = 4.
-* rsqrt: guess 2/((1 + sqrt 2) sqrt t), so |1 - y0 sqrt x| <= 0.172; the coupled iteration
-  g = x y, r = (3 - g y)/2, (g, y) <- (g r, y r) is Newton's y <- y (3 - x y^2)/2 in two rounds instead
-  of three (the halving is exact: 3 - g y is read with one more fractional bit); relative error
+* reciprocal (Goldschmidt): guess 2/(3t), so e0 = 1 - x y0 lies in [-1/3, 1/3]; y_{i+1} = y_i (1 + e_i),
+  e_{i+1} = e_i^2 (both products in one round) gives y_K = (1 - e0^(2^K)) / x: relative error at most
+  (1/3)^(2^K) = 1.53e-4 for K = 3 (always below 1/x), 2.3e-8 for K = 4.
+* rsqrt (Newton, coupled): guess 2/((1 + sqrt 2) sqrt t), so |1 - y0 sqrt x| <= 0.172; g = x y,
+  r = (3 - g y)/2, (g, y) <- (g r, y r) is Newton's y <- y (3 - x y^2)/2 in two rounds instead of three
+  (the halving is exact: 3 - g y is read with one more fractional bit); relative error
   d_{i+1} = -(3/2) d_i^2 - d_i^3/2: 0.172 -> 0.047 -> 3.3e-3 -> 1.6e-5 after K = 3 iterations.
 
-Fixed-point floor: the result has absolute resolution 2^-16, so the relative error is at least
-2^-16 / result: e.g. 1/x at x = 256 is 2^-8, resolved to 2^-8 relative.  Truncation errors add a few ulp
-(Goldschmidt does not self-correct, but every factor 1 + e_i is within [2/3, 4/3]).
+Precision: with exact truncation (the default) the iterations run with up to 28 fractional bits
+(``working_bits``, sized from the domain so every raw product stays below 2^61), so the result is the
+iteration's value rounded once to f bits: error <= approximation + about 1 ulp (2^-16) absolute.  The
+result's own resolution is 2^-16 absolute, i.e. 2^-16 x relative for 1/x (1.6% at x = 1024).  With
+probabilistic truncation the iterations run at f bits and add a few ulp relative to g = x y (up to 8 ulp
+of the result for rsqrt at small x).
 
-Inputs outside [lo, hi] (at the octave ends) are *not* detected: the guess of the first or last octave is
-used, and the iteration diverges once |e0| >= 1 (reciprocal: x >= 1.5 hi or x <= 0; rsqrt: x >= 3.4 hi).
+Inputs outside [lo, hi] are *not* detected: the guess of the first or last octave is used, and the
+iteration diverges once |e0| >= 1 (reciprocal: x >= 1.5 hi or x <= 0; rsqrt: x >= 2.1 hi); below lo it
+converges too slowly (relative error e0^(2^K)); and the working precision assumes the domain.
 Measured domains on all-MiniLM-L6-v2 (SST-2, AG News, with random prompts): softmax denominators
 in [1, 90] (always in [1, n]); LayerNorm variances in [0.11, 131]; squared norms of mean-pooled outputs
 (similarity head) in [1.9, 55].
 
 Cost: J = ceil(log2(hi/lo)) - 1 comparisons per element in one msb (8 rounds 2pc, 9 in 3pc), then
-1 + K products (reciprocal) or 1 + 2K products (rsqrt), each one round in 2pc and two in 3pc.
+1 + K products (reciprocal) or 1 + 2K products (rsqrt), each a product round plus a truncation round
+(2 rounds in 2pc, 3 in 3pc with exact truncation).
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from __future__ import annotations
 import numpy as np
 
 from mpc_core.functions._common import (
-    multiply_pairs,
+    mul_at,
     octave_bits,
     octave_edges,
     piecewise_constant,
     reinterpret,
+    rescale,
+    split,
+    working_bits,
 )
 from mpc_core.tensor import SharedTensor
 
@@ -47,21 +55,29 @@ RECIPROCAL_ITERATIONS = 3
 RSQRT_ITERATIONS = 3
 
 
+def _magnitude_bits(largest: float) -> int:
+    """Bits needed for values up to ``largest`` (at least 1)."""
+    return max(1, int(np.ceil(np.log2(largest))))
+
+
 def reciprocal(
     x: SharedTensor,
     lo: float = RECIPROCAL_DOMAIN[0],
     hi: float = RECIPROCAL_DOMAIN[1],
     iterations: int = RECIPROCAL_ITERATIONS,
 ) -> SharedTensor:
-    """1/x for x in [lo, hi]: relative error (1/3)^(2^iterations) + a few ulp / (1/x) (module docstring)."""
+    """1/x for x in [lo, hi]: |error| <= 1.53e-4 / x + 1 ulp with 3 iterations (module docstring)."""
     with x.ctx.op("reciprocal"):
-        edges = octave_edges(lo, hi, x.ctx.fp.frac_bits)
+        f = x.ctx.fp.frac_bits
+        edges = octave_edges(lo, hi, f)
         guess = 2.0 / (3.0 * edges[:-1])  # 2 / (t + 2t): |1 - x y0| <= 1/3 on [t, 2t]
-        y = piecewise_constant(octave_bits(x, edges), guess, x)
-        e = 1.0 - x * y
+        # working precision: y <= 4/(3 lo), |e| <= 1/3; the largest product is y (1 + e) <= 16/(9 lo)
+        s = working_bits(x.ctx, _magnitude_bits(2.0 / edges[0]))
+        y = rescale(piecewise_constant(octave_bits(x, edges), guess, x), f, s)
+        e = 1 - mul_at(x, f, y, s, s)
         for _ in range(iterations - 1):
-            y, e = multiply_pairs([y, e], [1.0 + e, e])
-        return y * (1.0 + e)
+            y, e = split(mul_at(SharedTensor.stack([y, e]), s, SharedTensor.stack([1 + e, e]), s, s))
+        return reinterpret(mul_at(y, s, 1 + e, s, f), f)
 
 
 def rsqrt(
@@ -70,17 +86,20 @@ def rsqrt(
     hi: float = RSQRT_DOMAIN[1],
     iterations: int = RSQRT_ITERATIONS,
 ) -> SharedTensor:
-    """1/sqrt(x) for x in [lo, hi]: relative error 1.6e-5 (3 iterations) + a few ulp / result."""
+    """1/sqrt(x) for x in [lo, hi]: |error| <= 1.6e-5 / sqrt(x) + about 1 ulp (module docstring)."""
     with x.ctx.op("rsqrt"):
-        edges = octave_edges(lo, hi, x.ctx.fp.frac_bits)
+        f = x.ctx.fp.frac_bits
+        edges = octave_edges(lo, hi, f)
         guess = 2.0 / ((1.0 + np.sqrt(2.0)) * np.sqrt(edges[:-1]))  # |1 - y0 sqrt(x)| <= 0.172
-        y = piecewise_constant(octave_bits(x, edges), guess, x)
-        g = x * y
+        # working precision: g = x y ~ sqrt(x) and y ~ 1/sqrt(x) (within 1.2x), times r <= 1.5 at s + 1 bits
+        s = working_bits(x.ctx, 1 + _magnitude_bits(1.8 * max(np.sqrt(edges[-1]), 1.0 / np.sqrt(edges[0]))))
+        y = rescale(piecewise_constant(octave_bits(x, edges), guess, x), f, s)
+        g = mul_at(x, f, y, s, s)
         for i in range(iterations):
-            # r = (3 - g y) / 2: read the scale-f value 3 - g y with f + 1 fractional bits (exact halving)
-            r = reinterpret(3 - g * y, x.ctx.fp.frac_bits + 1)
+            # r = (3 - g y) / 2: the s-bit value 3 - g y read with s + 1 fractional bits (exact halving)
+            r = reinterpret(3 - mul_at(g, s, y, s, s), s + 1)
             if i + 1 < iterations:
-                g, y = multiply_pairs([g, y], [r, r])
+                g, y = split(mul_at(SharedTensor.stack([g, y]), s, SharedTensor.stack([r, r]), s + 1, s))
             else:
-                y = y * r
-        return y
+                y = mul_at(y, s, r, s + 1, f)
+        return reinterpret(y, f)
