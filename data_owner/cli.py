@@ -21,7 +21,11 @@ from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import NOT_PRIVATE
 
 EXIT_INPUT, EXIT_CLUSTER, EXIT_INTERRUPT = 2, 3, 130
-err_console = Console(stderr=True)
+
+
+def _err_console() -> Console:
+    """Rich console on stderr; wide when stderr is not a terminal (logs, tests) so the bar is not cut."""
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def bundled_model() -> str | None:
@@ -40,15 +44,15 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ClusterUnavailableError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            _err_console().print(f"[red]error:[/red] {exc}", highlight=False)
             sys.exit(EXIT_CLUSTER)
         except DataOwnerError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            _err_console().print(f"[red]error:[/red] {exc}", highlight=False)
             sys.exit(EXIT_INPUT)
         except KeyboardInterrupt:
             run = kwargs.get("run") or kwargs.get("out")
             hint = f"; continue with: secp-tune resume {run}" if run and Path(run).exists() else ""
-            err_console.print(f"interrupted: the last complete generation is saved{hint}", highlight=False)
+            _err_console().print(f"interrupted: the last complete generation is saved{hint}", highlight=False)
             sys.exit(EXIT_INTERRUPT)
 
     return wrapper
@@ -77,7 +81,9 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
 
 def banner(label: str, private: bool) -> None:
     if not private:
-        err_console.print(f"[bold red]backend {label}: {NOT_PRIVATE}[/bold red]", highlight=False)
+        _err_console().print(
+            f"[bold red]backend {label.split()[0]}: {NOT_PRIVATE}[/bold red]", highlight=False
+        )
 
 
 def run_with_progress(make_tuner, quiet: bool) -> dict[str, Any]:
@@ -93,7 +99,7 @@ def run_with_progress(make_tuner, quiet: bool) -> dict[str, Any]:
     banner(tuner.s.oracle.label, tuner.s.oracle.private)
     label = f"{cfg.task} [{tuner.s.oracle.label}]"
     with TuningProgress(
-        err_console, label, cfg.generations * cfg.popsize, tuner.state["calls"], enabled=not quiet
+        _err_console(), label, cfg.generations * cfg.popsize, tuner.state["calls"], enabled=not quiet
     ) as bar:
         holder["bar"] = bar
         return tuner.run()
@@ -221,3 +227,7 @@ def report(run: Path, as_json: bool) -> None:
 
     result = write_report(RunFolder(run))
     emit(result, as_json, f"report {run}")
+
+
+if __name__ == "__main__":
+    main()
