@@ -26,9 +26,18 @@ def _outputs(source: str) -> list[Path]:
 
 
 def is_current() -> bool:
-    """Whether every generated module exists and is at least as new as its ``.proto`` source."""
+    """Whether every generated module exists and is at least as new as its ``.proto`` source.
+
+    An installed package (wheel, container image) carries the generated modules but not the sources:
+    then the modules are what there is.
+    """
     for source in SOURCES:
-        src_mtime = (PROTO_DIR / source).stat().st_mtime
+        src = PROTO_DIR / source
+        if not src.exists():
+            if all(out.exists() for out in _outputs(source)):
+                continue
+            raise FileNotFoundError(f"neither {src} nor its generated modules exist")
+        src_mtime = src.stat().st_mtime
         for out in _outputs(source):
             if not out.exists() or out.stat().st_mtime < src_mtime:
                 return False

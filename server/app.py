@@ -89,10 +89,13 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     party_pb2_grpc.add_PartyServicer_to_server(PartyService(manager, authz), server)
     peer_pb2_grpc.add_PeerServicer_to_server(PeerService(manager, authz, settings), server)
-    if insecure:
-        port = server.add_insecure_port(me.bind)
-    else:
-        port = server.add_secure_port(me.bind, server_credentials(credentials))
+    try:
+        if insecure:
+            port = server.add_insecure_port(me.bind)
+        else:
+            port = server.add_secure_port(me.bind, server_credentials(credentials))
+    except RuntimeError:  # grpc's "Failed to bind"
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {me.bind} (address in use or not local)")
     await server.start()

@@ -4,6 +4,7 @@
     secp-cluster up     --config cluster.yaml     # start every server, wait until all are SERVING
     secp-cluster status --config cluster.yaml     # pid, health and open jobs of each server
     secp-cluster down   --config cluster.yaml     # stop them (SIGTERM, then SIGKILL after 10 s)
+    secp-cluster health --config cluster.yaml --party 0   # exit 0 iff that server is SERVING
 
 Without ``--config`` the embedded single-machine default is used (the same as ``cluster.example.yaml``:
 2pc, ports 50051-50053 on 127.0.0.1, certificates under ``.cluster/certs``, logs under
@@ -12,6 +13,7 @@ Without ``--config`` the embedded single-machine default is used (the same as ``
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from server.config import ClusterConfig, ConfigError, load_config, parse_config
 from server.defaults import DEFAULT_CONFIG_YAML
 
 
-def _load(config_path: str | None) -> tuple[ClusterConfig, str]:
+def _load(config_path: str | None, write_default: bool = True) -> tuple[ClusterConfig, str]:
     """The configuration and the file the servers should read (the default is written to the run dir)."""
     try:
         if config_path:
@@ -29,6 +31,8 @@ def _load(config_path: str | None) -> tuple[ClusterConfig, str]:
         config = parse_config(DEFAULT_CONFIG_YAML, base=Path.cwd())
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if not write_default:
+        return config, ""
     path = config.run_dir / "cluster.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     from server.config import dump_config
@@ -143,19 +147,52 @@ def status(config_path: str | None) -> None:
     sys.exit(0 if all_serving else 1)
 
 
+@main.command()
+@config_option
+@click.option("--party", "participant", type=click.IntRange(0, 2), required=True, help="participant to check")
+@click.option(
+    "--as", "identity", default=None, help="identity whose certificate to use (default: the participant's)"
+)
+@click.option("--insecure", is_flag=True, help="the cluster runs without TLS")
+@click.option("--timeout", "timeout_s", default=3.0, show_default=True)
+def health(
+    config_path: str | None, participant: int, identity: str | None, insecure: bool, timeout_s: float
+) -> None:
+    """Exit 0 iff one server reports SERVING (standard gRPC health checking; container health checks)."""
+    from server.launcher import health_status
+    from server.security import CredentialError, load_credentials
+
+    config, _ = _load(config_path, write_default=False)
+    party = config.party(participant)
+    name = identity or party.name
+    try:
+        creds = None if insecure else load_credentials(config, name)
+    except CredentialError as exc:
+        raise click.ClickException(str(exc)) from None
+    status = health_status(party.address, party.name, creds, timeout_s=timeout_s, caller=name)
+    click.echo(f"{party.name} {status}")
+    sys.exit(0 if status == "SERVING" else 1)
+
+
 def _open_jobs(config: ClusterConfig, insecure: bool) -> dict[int, int]:
-    from data_owner.client import ClusterClient, ClusterError
+    """Open jobs per reachable server (asked as the data owner; left out where it cannot ask)."""
+    import grpc
+
+    from data_owner.client import ClusterClient
+    from proto.api import party_pb2
 
     try:
         client = ClusterClient(config, insecure=insecure, deadline_s=3.0)
     except Exception:
         return {}
+    jobs = {}
     try:
-        return {p: info.open_jobs for p, info in client.server_info().items()}
-    except ClusterError as exc:
-        return {p: info.open_jobs for p, info in getattr(exc, "partial", {}).items()}
+        for p in client.participants:
+            with contextlib.suppress(grpc.RpcError):
+                jobs[p] = client._unary("ServerInfo", party_pb2.ServerInfoRequest(), 3.0)(p).open_jobs
     finally:
         client.close()
+    return jobs
 
 
 if __name__ == "__main__":
