@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench lint clean
+.PHONY: install test test-fast bench lint clean cluster
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test-fast: install
 
 bench: install
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m bench.run
+
+# A local 2pc cluster (cluster.example.yaml): certificates on first use, logs in .cluster/run/logs.
+# Stop it with `.venv/bin/secp-cluster down --config cluster.example.yaml`.
+cluster: install
+	$(BIN)/python -m proto.build
+	$(BIN)/secp-cluster up --config cluster.example.yaml
 
 lint: install
 	$(BIN)/ruff check .
