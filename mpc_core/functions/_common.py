@@ -121,23 +121,6 @@ def piecewise_constant(bits: SharedTensor | None, values: np.ndarray, like: Shar
     return steps.sum(axis=0) + float(grid[0])
 
 
-def mean_last(x: SharedTensor) -> SharedTensor:
-    """Mean over the last axis (kept, size 1) without SharedTensor.mean's encoding error.
-
-    ``x.mean`` multiplies by the encoded 1/H, whose relative error is up to 2^-17 H (3e-3 for H = 384).
-    Here H = 2^a m with m odd: the sum is divided by 2^a with one truncation (exact up to one ulp) and then
-    multiplied by the encoded 1/m (relative error <= 2^-17 m: 2.3e-5 for m = 3).  Raw products stay at
-    |mean m| 2^32, so the truncation failure probability is that of any product of that size.
-    """
-    h = x.shape[-1]
-    shift = (h & -h).bit_length() - 1
-    odd = h >> shift
-    total = x.sum(axis=-1, keepdims=True)
-    if shift:
-        total = total.truncate(shift)
-    return total * (1.0 / odd) if odd > 1 else total
-
-
 # --------------------------------------------------------------------------------------------------
 # Products at a chosen number of fractional bits (for chains that need more precision than f)
 # --------------------------------------------------------------------------------------------------
@@ -189,3 +172,27 @@ def mul_at(a: SharedTensor, scale_a: int, b: SharedTensor, scale_b: int, scale_o
 def square_at(a: SharedTensor, scale_a: int, scale_out: int) -> SharedTensor:
     """a^2 (ring value at scale_a) truncated to scale_out bits; the raw square must stay below 2^62."""
     return rescale(reinterpret(a, 0).square(), 2 * scale_a, scale_out)
+
+
+def mean_last(x: SharedTensor) -> SharedTensor:
+    """Mean over the last axis (kept, size 1) without SharedTensor.mean's encoding error.
+
+    ``x.mean`` multiplies by the encoded 1/H, whose relative error is up to 2^-17 H (3e-3 for H = 384):
+    for a LayerNorm row with a large mean and a small variance that error is amplified by rsqrt(var).
+    Here H = 2^a m with m odd: the sum is divided by 2^a with one truncation (error below one ulp), then
+    multiplied by the integer c = round(2^e / m) and truncated by e bits.  With exact truncation e = 24
+    (relative error of 1/m below m 2^-25; raw values |mean| 2^40, fine for |mean| < 2^20); with
+    probabilistic truncation e = f (raw |mean| 2^32, the usual failure probability).
+    """
+    f = x.ctx.fp.frac_bits
+    h = x.shape[-1]
+    shift = (h & -h).bit_length() - 1
+    odd = h >> shift
+    total = x.sum(axis=-1, keepdims=True)
+    if shift:
+        total = total.truncate(shift)
+    if odd == 1:
+        return total
+    extra = 24 if exact_truncation(x.ctx) else f
+    scaled = total * round((1 << extra) / odd)  # exact (a ring-integer factor); value mean 2^extra
+    return reinterpret(reinterpret(scaled, 0).truncate(extra), f)

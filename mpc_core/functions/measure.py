@@ -77,28 +77,59 @@ def _softmax_rows(n: int, rng: np.random.Generator) -> np.ndarray:
 
 LN_W, LN_B = _ln_params()
 
+
 def _exp_inputs(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([np.linspace(-16, 0, n // 2), np.linspace(-240, -16, n // 2)])
 
 
 CASES = [
     Case("exp", "[-240, 0]", _exp_inputs, fn.exp, np.exp),
-    Case("reciprocal", "[2^-4, 2^10]", lambda n, r: log_grid(2.0**-4, 2.0**10, n), fn.reciprocal,
-         lambda x: 1 / x),
-    Case("reciprocal [1, 128]", "[1, 128]", lambda n, r: log_grid(1.0, 128.0, n),
-         lambda x: fn.reciprocal(x, lo=1.0, hi=128.0), lambda x: 1 / x),
-    Case("rsqrt", "[2^-6, 2^10]", lambda n, r: log_grid(2.0**-6, 2.0**10, n), fn.rsqrt,
-         lambda x: 1 / np.sqrt(x)),
+    Case(
+        "reciprocal",
+        "[2^-4, 2^10]",
+        lambda n, r: log_grid(2.0**-4, 2.0**10, n),
+        fn.reciprocal,
+        lambda x: 1 / x,
+    ),
+    Case(
+        "reciprocal [1, 128]",
+        "[1, 128]",
+        lambda n, r: log_grid(1.0, 128.0, n),
+        lambda x: fn.reciprocal(x, lo=1.0, hi=128.0),
+        lambda x: 1 / x,
+    ),
+    Case(
+        "rsqrt",
+        "[2^-6, 2^10]",
+        lambda n, r: log_grid(2.0**-6, 2.0**10, n),
+        fn.rsqrt,
+        lambda x: 1 / np.sqrt(x),
+    ),
     Case("log", "[2^-8, 2^8]", lambda n, r: log_grid(2.0**-8, 2.0**8, n), fn.log, np.log),
     Case("gelu", "[-28, 28]", lambda n, r: np.linspace(-28, 28, n), fn.gelu, gelu_reference),
     Case("softmax (rows of 64)", "spread <= 240", _softmax_rows, fn.softmax, softmax_ref),
-    Case("layer_norm (rows of 384)", "var in [0.11, 131]", _ln_rows,
-         lambda x: fn.layer_norm(x, LN_W, LN_B, 1e-12), lambda x: layer_norm_ref(x, LN_W, LN_B)),
+    Case(
+        "layer_norm (rows of 384)",
+        "var in [0.11, 131]",
+        _ln_rows,
+        lambda x: fn.layer_norm(x, LN_W, LN_B, 1e-12),
+        lambda x: layer_norm_ref(x, LN_W, LN_B),
+    ),
     Case("relu", "|x| < 2^46", lambda n, r: r.normal(size=n) * 10, fn.relu, lambda x: np.maximum(x, 0)),
-    Case("max (rows of 64)", "|x| < 2^46", lambda n, r: r.normal(size=(max(1, n // 64), 64)) * 10,
-         lambda x: fn.max(x, axis=-1), lambda x: x.max(axis=-1)),
-    Case("argmax (rows of 64)", "|x| < 2^30", lambda n, r: r.normal(size=(max(1, n // 64), 64)) * 10,
-         fn.argmax, lambda x: np.eye(x.shape[-1])[x.argmax(axis=-1)]),
+    Case(
+        "max (rows of 64)",
+        "|x| < 2^46",
+        lambda n, r: r.normal(size=(max(1, n // 64), 64)) * 10,
+        lambda x: fn.max(x, axis=-1),
+        lambda x: x.max(axis=-1),
+    ),
+    Case(
+        "argmax (rows of 64)",
+        "|x| < 2^30",
+        lambda n, r: r.normal(size=(max(1, n // 64), 64)) * 10,
+        fn.argmax,
+        lambda x: np.eye(x.shape[-1])[x.argmax(axis=-1)],
+    ),
 ]
 
 
