@@ -35,6 +35,9 @@ from mpc_core.nn.features import favor_features, gaussian_features
 
 #: Masked (padding) entries are set to -MASK_FILL before a max so that they never win it.
 MASK_FILL = 64.0
+#: Feature exponents are clipped at -EXP_CLIP (e^-200 is far below the 2^-16 resolution), which keeps
+#: them inside the secure exp's domain [-240, 0] whatever the key norms.
+EXP_CLIP = 200.0
 
 
 def split_heads(x: Value, heads: int) -> Value:
@@ -78,20 +81,23 @@ def _masked_for_max(x: Value, keep: np.ndarray) -> Value:
     return x * keep + (keep - 1).astype(np.float64) * MASK_FILL
 
 
-def linear_attention(B: Backend, phi_q: Value, phi_k: Value, v: Value, floor: float) -> Value:
-    """num / max(den, floor) with [num | den] = phi_q (phi_k^T [v | 1]); padded keys have phi_k = 0."""
+def linear_attention(B: Backend, phi_q: Value, phi_k: Value, v: Value, floor: float, den_max: float) -> Value:
+    """num / max(den, floor) with [num | den] = phi_q (phi_k^T [v | 1]); padded keys have phi_k = 0.
+
+    ``den_max`` bounds the denominator from above (from the feature bounds), for the reciprocal's domain.
+    """
     d = v.shape[-1]
     ones = v[..., :1] * 0 + 1.0
     kv = phi_k.swapaxes(-1, -2) @ B.concatenate([v, ones], axis=-1)  # [N, h, F, d + 1]
     out = phi_q @ kv  # [N, h, T, d + 1]
     num, den = out[..., :d], out[..., d:]
-    return num * B.reciprocal(B.floor_at(den, floor))
+    return num * B.reciprocal(B.floor_at(den, floor), lo=floor, hi=max(2.0 * floor, den_max))
 
 
 def rfa_attention(
     B: Backend, attn: AttentionConfig, layer: int, q: Value, k: Value, v: Value, mask: np.ndarray
 ) -> Value:
-    d = q.shape[-1]
+    t, d = q.shape[-2:]
     m = attn.features
     scale = d**-0.25
     w = gaussian_features(attn, layer, d)
@@ -101,11 +107,12 @@ def rfa_attention(
     ck, sk = B.cos_sin(ks @ w)
     half_norm = B.square(ks).sum(-1, keepdims=True) * 0.5  # |y|^2 / 2, [N, h, T, 1]
     shifted = _masked_for_max(half_norm, keep)
-    key_factor = B.exp(shifted - B.max(shifted, axis=-2)) * keep  # <= 1, exactly 0 on padding
+    key_factor = B.exp(shifted - B.max(shifted, axis=-2), lower=-EXP_CLIP) * keep  # <= 1, 0 on padding
     inv = 1.0 / math.sqrt(m)
     phi_q = B.concatenate([cq, sq], axis=-1) * inv
     phi_k = B.concatenate([ck, sk], axis=-1) * (key_factor * inv)
-    return linear_attention(B, phi_q, phi_k, v, attn.denominator_floor)
+    # |phi_q . phi_k| <= 2m / m = 2 per key, so |den| <= 2 T.
+    return linear_attention(B, phi_q, phi_k, v, attn.denominator_floor, 2.0 * t)
 
 
 def favor_attention(
@@ -128,6 +135,7 @@ def favor_attention(
     dk_kept = _masked_for_max(dk, keep)
     k_shift = B.max(dk_kept.reshape(n, heads, t * m), axis=-1).reshape(n, heads, 1, 1)
     inv = 1.0 / math.sqrt(m)
-    phi_q = B.exp(dq - diag_q - q_shift) * inv
-    phi_k = B.exp(dk_kept - diag_k - k_shift) * keep * inv
-    return linear_attention(B, phi_q, phi_k, v, attn.denominator_floor)
+    phi_q = B.exp(dq - diag_q - q_shift, lower=-EXP_CLIP) * inv
+    phi_k = B.exp(dk_kept - diag_k - k_shift, lower=-EXP_CLIP) * keep * inv
+    # every feature is in [0, 1/sqrt(m)], so den <= m T / m = T.
+    return linear_attention(B, phi_q, phi_k, v, attn.denominator_floor, float(t))

@@ -104,15 +104,20 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def exp(self, x: Value) -> Value:
-        """e^x; callers pass x <= 0 (shifted exponents), where e^x lies in (0, 1]."""
+    def exp(self, x: Value, lower: float | None = None) -> Value:
+        """e^max(x, lower); callers pass x <= 0 (shifted exponents), where e^x lies in (0, 1].
+
+        ``lower`` clips very negative arguments first (exactly: max(x, c) = relu(x - c) + c), for inputs
+        that may leave the secure exp's domain; e^lower must be negligible (below 2^-16).
+        """
 
     @abstractmethod
-    def log(self, x: Value) -> Value: ...
+    def log(self, x: Value, lo: float, hi: float) -> Value:
+        """log x for x in the stated domain [lo, hi] (the secure version is only right there)."""
 
     @abstractmethod
-    def reciprocal(self, x: Value) -> Value:
-        """1 / x for x > 0."""
+    def reciprocal(self, x: Value, lo: float, hi: float) -> Value:
+        """1 / x for x in the stated domain [lo, hi], 0 < lo."""
 
     @abstractmethod
     def rsqrt(self, x: Value) -> Value:
@@ -168,13 +173,13 @@ class PlainBackend(Backend):
         z = np.exp(x - x.max(axis=-1, keepdims=True))
         return z / z.sum(axis=-1, keepdims=True)
 
-    def exp(self, x):
-        return np.exp(x)
+    def exp(self, x, lower=None):
+        return np.exp(x if lower is None else np.maximum(x, lower))
 
-    def log(self, x):
+    def log(self, x, lo, hi):
         return np.log(x)
 
-    def reciprocal(self, x):
+    def reciprocal(self, x, lo, hi):
         return 1.0 / x
 
     def rsqrt(self, x):
@@ -266,17 +271,19 @@ class SecureBackend(Backend):
             filled = x * keep + (keep - 1).astype(np.float64) * self.MASK_FILL
             return self.fn.softmax(filled, axis=-1) * keep
 
-    def exp(self, x):
+    def exp(self, x, lower=None):
         with self.ctx.op("exp"):
+            if lower is not None:
+                x = self.fn.relu(x - lower) + lower
             return self.fn.exp(x)
 
-    def log(self, x):
+    def log(self, x, lo, hi):
         with self.ctx.op("log"):
-            return self.fn.log(x)
+            return self.fn.log(x, lo=lo, hi=hi)
 
-    def reciprocal(self, x):
+    def reciprocal(self, x, lo, hi):
         with self.ctx.op("reciprocal"):
-            return self.fn.reciprocal(x)
+            return self.fn.reciprocal(x, lo=lo, hi=hi)
 
     def rsqrt(self, x):
         with self.ctx.op("rsqrt"):

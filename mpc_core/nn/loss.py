@@ -6,6 +6,8 @@ plaintext one.  The result is one loss per candidate, [...]; only the data owner
 
 * cross-entropy: mean_i (logsumexp_c x_ic - sum_c y_ic x_ic), with logsumexp computed stably as
   m + log sum_c exp(x_c - m), m = max_c x_c: every exponent is <= 0 and the log's argument lies in [1, C].
+  The secure exp needs the logit spread max - min below 240 (the similarity head's logits lie in
+  [-scale, scale]; verbalizer logits of a pretrained MLM spread by a few tens).
 * hinge (multi-class, summed over wrong classes): mean_i sum_{c != y_i} max(0, margin - x_iy + x_ic).
   For C = 2 this is max(0, margin - (x_y - x_other)), the margin ranking loss BBT uses for MRPC and RTE.
   The c = y term equals max(0, margin) = margin exactly, so it is subtracted instead of masked out,
@@ -21,7 +23,8 @@ from mpc_core.nn.backend import Backend, Value
 
 def cross_entropy(B: Backend, logits: Value, onehot: Value) -> Value:
     m = B.max(logits, axis=-1)  # [..., n, 1]
-    lse = B.log(B.exp(logits - m).sum(axis=-1)) + m[..., 0]  # [..., n]
+    classes = logits.shape[-1]
+    lse = B.log(B.exp(logits - m).sum(axis=-1), lo=1.0, hi=float(max(2, classes))) + m[..., 0]  # [..., n]
     true = (logits * onehot).sum(axis=-1)
     return (lse - true).mean(axis=-1)
 
