@@ -17,7 +17,8 @@ import yaml
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, party_pb2_grpc
-from server.launcher import is_our_server, read_state
+from server.config import load_config
+from server.launcher import LocalCluster, is_our_server, read_state
 from server.security import IDENTITY_HEADER
 from server.testing import cluster_dict, free_ports, running_cluster, write_test_cluster, write_test_model
 
@@ -79,12 +80,21 @@ def test_server_refuses_a_share_file_that_fails_its_hash(tmp_path):
     data = bytearray(share.read_bytes())
     data[-1] ^= 1
     share.write_bytes(bytes(data))
+    (tmp_path / "model" / "party0.safetensors").rename(tmp_path / "elsewhere.safetensors")
     path = write_test_cluster(tmp_path, "2pc", model="model")
     result = _server_exit(path, "--party", "1")
     assert result.returncode == 2
     assert "does not match the SHA-256 in the manifest" in result.stderr
-    ok = _server_exit(path, "--party", "0", "--help")  # party 0's own file is intact (and never read by P1)
-    assert ok.returncode == 0
+    result = _server_exit(path, "--party", "0")
+    assert result.returncode == 2 and "party0.safetensors for participant 0 is missing" in result.stderr
+    # the dealer reads the manifest only: neither share file matters to it
+    cluster = LocalCluster(load_config(path), path)
+    try:
+        cluster.start_one(2)
+        cluster.wait_serving([2], timeout_s=30)
+        assert "manifest only" in cluster.log_path(2).read_text()
+    finally:
+        cluster.stop()
 
 
 def test_server_refuses_unsafe_key_and_wrong_role(tmp_path):
