@@ -44,18 +44,26 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ClusterUnavailableError as exc:
-            _err_console().print(f"[red]error:[/red] {exc}", highlight=False)
+            _err_console().print(f"[red]error:[/red] {exc}{_resume_hint(kwargs)}", highlight=False)
             sys.exit(EXIT_CLUSTER)
         except DataOwnerError as exc:
             _err_console().print(f"[red]error:[/red] {exc}", highlight=False)
             sys.exit(EXIT_INPUT)
         except KeyboardInterrupt:
-            run = kwargs.get("run") or kwargs.get("out")
-            hint = f"; continue with: secp-tune resume {run}" if run and Path(run).exists() else ""
+            hint = _resume_hint(kwargs)
             _err_console().print(f"interrupted: the last complete generation is saved{hint}", highlight=False)
             sys.exit(EXIT_INTERRUPT)
 
     return wrapper
+
+
+def _resume_hint(kwargs: dict[str, Any]) -> str:
+    from data_owner.runfolder import RunFolder
+
+    run = kwargs.get("run") or kwargs.get("out")
+    if run is None or not RunFolder(Path(run)).is_complete_run:
+        return ""
+    return f"; continue with: secp-tune resume {run}"
 
 
 def emit(result: dict[str, Any], as_json: bool, title: str) -> None:

@@ -20,11 +20,14 @@ NOT_PRIVATE = "NOT PRIVATE: plaintext backend (the model and the data are in the
 
 @dataclass
 class Cost:
-    """What the data owner has sent and received so far, and the oracle's wall time."""
+    """Traffic so far: the data owner's own (shares up, result shares down) and the servers' (peer
+    messages between the compute parties and the dealer, as the servers report them), and wall time."""
 
     bytes_sent: int = 0
     bytes_received: int = 0
     rounds: int = 0
+    server_bytes: int = 0
+    server_rounds: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -32,6 +35,8 @@ class Cost:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "rounds": self.rounds,
+            "server_bytes": self.server_bytes,
+            "server_rounds": self.server_rounds,
             "seconds": round(self.seconds, 3),
         }
 

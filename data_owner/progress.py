@@ -62,6 +62,8 @@ class TuningProgress:
             gen=f"{info['generation']}/{info['generations']}",
             loss=f"{info['best_train_loss']:.4f}",
             dev=f"{info['best_dev']:.3f}",
-            bytes=human_bytes(info.get("bytes_sent", 0) + info.get("bytes_received", 0)),
+            bytes=human_bytes(
+                info.get("bytes_sent", 0) + info.get("bytes_received", 0) + info.get("server_bytes", 0)
+            ),
             eta=human_seconds(info["eta"]),
         )

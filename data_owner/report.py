@@ -47,6 +47,8 @@ def summary(folder: RunFolder) -> dict[str, Any]:
         "elapsed_s": round(state["elapsed"], 2),
         "bytes_sent": history[-1].get("bytes_sent", 0) if history else 0,
         "bytes_received": history[-1].get("bytes_received", 0) if history else 0,
+        "server_bytes": history[-1].get("server_bytes", 0) if history else 0,
+        "server_rounds": history[-1].get("server_rounds", 0) if history else 0,
         "prompt_file": f"{PROMPT} (kept at the data owner only)",
         "config": {
             k: cfg[k]

@@ -87,6 +87,9 @@ class PendingRunFolder:
             hint = " (resume it with `secp-tune resume`)" if RunFolder(self.target).is_complete_run else ""
             raise DataOwnerError(f"run folder {self.target} already exists{hint}")
         self.target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.target.parent.glob(f".{self.target.name}.partial-*"):
+            if not _alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a set-up that was killed
         self.tmp = self.target.parent / f".{self.target.name}.partial-{os.getpid()}"
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
@@ -102,3 +105,13 @@ class PendingRunFolder:
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -248,6 +248,8 @@ class Tuner:
         return {
             "bytes_sent": c.bytes_sent,
             "bytes_received": c.bytes_received,
+            "server_bytes": c.server_bytes,
+            "server_rounds": c.server_rounds,
             "dev_calls": self.state["dev_calls"],
         }
 

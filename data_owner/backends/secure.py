@@ -184,7 +184,16 @@ class SecureOracle(LossOracle):
         self.cost.bytes_received += value.size * 8 * self.parties * (2 if self.job.suite == "3pc" else 1)
         self.cost.rounds += 1
         self.cost.seconds += time.perf_counter() - t0
+        self._server_traffic()
         return np.asarray(value, dtype=np.float64)
+
+    def _server_traffic(self) -> None:
+        """Peer bytes (all participants) and online rounds (the busiest party) of this job so far."""
+        metrics = self._guard(self.job.metrics)
+        self.cost.server_bytes = int(sum(m["wire"].get("bytes_sent", 0) for m in metrics.values()))
+        self.cost.server_rounds = int(
+            max(sum(op["rounds"] for op in m["ops"].values()) for m in metrics.values())
+        )
 
     def _guard(self, fn, *args):
         from data_owner.client import ClusterError
