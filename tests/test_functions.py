@@ -207,6 +207,27 @@ def test_softmax_other_axis_and_batch(suite: str) -> None:
     assert_within(got_last, softmax_ref(enc(x)), 2e-4 * softmax_ref(enc(x)) + 5e-5, "last axis")
 
 
+def test_softmax_mask_excludes_entries_exactly(suite: str) -> None:
+    """Masked entries get exactly 0 and do not influence the rest, even when huge (outside the domain)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 3, 4, 6)) * 5
+    mask = np.array([[1, 1, 0, 1, 0, 0], [0, 0, 1, 1, 1, 1]]).reshape(2, 1, 1, 6)
+    x = np.where(np.broadcast_to(mask, x.shape) == 0, rng.choice([-1e6, 1e6], size=x.shape), x)
+    got = secure(suite, lambda t: fn.softmax(t, mask=mask), x)
+    keep = np.broadcast_to(mask, x.shape) != 0
+    z = np.where(keep, enc(x), -np.inf)
+    ref = np.exp(z - z.max(axis=-1, keepdims=True))
+    ref /= ref.sum(axis=-1, keepdims=True)
+    assert np.all(got[~keep] == 0.0)
+    assert_within(got, ref, 2e-4 * ref + 5e-5, "masked softmax")
+
+
+def test_softmax_rejects_fully_masked_rows() -> None:
+    mask = np.array([[1, 0], [0, 0]])
+    with pytest.raises(ValueError, match="every entry masked"):
+        run_parties("2pc", lambda ctx, t: fn.softmax(t, mask=mask), np.zeros((2, 2)))
+
+
 # ----------------------------------------------------------------------------------------- layer norm
 
 

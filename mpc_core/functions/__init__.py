@@ -5,12 +5,12 @@ Each function states its maths, input domain and error bound in its module docst
 all-MiniLM-L6-v2 (SST-2 and AG News, with and without random prompts) are recorded in the modules and in
 docs/functions.md.
 
-    exp           (1 + y + y^2/2)^(2^7), y = x / 128        x in [-240, 0]
+    exp           (1 + y + y^2/2)^(2^7), y = x / 128        x in [-240, 4]
     reciprocal    octave guess + Goldschmidt                x in [lo, hi] (default [2^-4, 2^10])
-    rsqrt         octave guess + coupled Newton             x in [lo, hi] (default [2^-6, 2^10])
+    rsqrt         octave guess + coupled Newton             x in [lo, hi] (default [2^-8, 2^8])
     log           octave normalisation + degree-6 poly      x in [lo, hi] (default [2^-8, 2^8])
-    gelu          x/2 + cosine series, one trig round       |x| <= 28
-    softmax       exact max tree, exp, reciprocal on [1, n] row spread <= 240
+    gelu          x/2 + 16-term cosine series (one trig)    |x| <= 28
+    softmax       exact max tree, exp, reciprocal on [1, n] row spread <= 240 (optional public mask)
     layer_norm    rsqrt of the row variance                 var + eps in [2^-5, 2^10]
     less_than, greater_equal, sign, relu, where, maximum, max, argmax: exact (msb-based)
 """

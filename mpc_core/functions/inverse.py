@@ -50,7 +50,7 @@ from mpc_core.tensor import SharedTensor
 
 #: Default domains (callers that know tighter ones pass lo and hi: each octave costs one comparison).
 RECIPROCAL_DOMAIN = (2.0**-4, 2.0**10)
-RSQRT_DOMAIN = (2.0**-6, 2.0**10)
+RSQRT_DOMAIN = (2.0**-8, 2.0**8)
 RECIPROCAL_ITERATIONS = 3
 RSQRT_ITERATIONS = 3
 

@@ -19,18 +19,40 @@ one product.
 
 from __future__ import annotations
 
+import numpy as np
+
 from mpc_core.functions.compare import max as tree_max
 from mpc_core.functions.exp import EXP_SQUARINGS, exp
 from mpc_core.functions.inverse import reciprocal
 from mpc_core.tensor import SharedTensor
 
 
-def softmax(x: SharedTensor, axis: int = -1, squarings: int = EXP_SQUARINGS) -> SharedTensor:
-    """softmax along ``axis`` for rows with spread <= 1.875 * 2^squarings (240 by default)."""
+def softmax(
+    x: SharedTensor, axis: int = -1, mask: np.ndarray | None = None, squarings: int = EXP_SQUARINGS
+) -> SharedTensor:
+    """softmax along ``axis`` for rows with spread <= 1.875 * 2^squarings (240 by default).
+
+    ``mask`` (public, 0/1, broadcastable to x) excludes entries exactly: they get probability 0 and take
+    no part in the max or the sum (locally: a masked entry is replaced by the row's first unmasked entry
+    before the max, and its exponential is multiplied by 0 before the sum).  Every row needs at least one
+    unmasked entry; only the unmasked entries count for the spread.
+    """
     with x.ctx.op("softmax"):
         n = x.shape[axis]
+        keep = None
+        if mask is not None:
+            flags = np.broadcast_to(np.asarray(mask) != 0, x.shape)
+            if not np.all(flags.any(axis=axis)):
+                raise ValueError("softmax: a row has every entry masked")
+            keep = flags.astype(np.int64)
+            first = np.expand_dims(np.argmax(flags, axis=axis), axis)
+            positions = np.arange(n).reshape([n if i == axis % x.ndim else 1 for i in range(x.ndim)])
+            reference = (x * (positions == first).astype(np.int64)).sum(axis=axis, keepdims=True)
+            x = x * keep + reference * (1 - keep)
         shifted = x - tree_max(x, axis=axis, keepdims=True)
         e = exp(shifted, squarings=squarings)
+        if keep is not None:
+            e = e * keep
         s = e.sum(axis=axis, keepdims=True)
         # octaves [2/3, 4/3), [4/3, 8/3), ...: s = 1 (one dominant entry, common in attention) sits at the
         # centre of the first octave, where the reciprocal's initial guess is exact
