@@ -7,25 +7,26 @@ reference of the same computation; ``max_abs_err`` is measured on exactly those 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from bench.harness import Prepare, measure
-from mpc_core import functions as fn
 from mpc_core.tensor import SharedTensor
+from server.programs.ops import OPS
 
 
 @dataclass
 class OpCase:
+    """One row of the ``ops`` section: the op of :data:`server.programs.ops.OPS` of the same name."""
+
     op: str
     shape: list[int]
-    inputs: Callable[[np.random.Generator], list[np.ndarray]]
-    secure: Callable[..., SharedTensor]
+    inputs: list[Callable[[np.random.Generator], np.ndarray]]
     reference: Callable[..., np.ndarray]
     prepare: Prepare | None = None
     notes: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
+    transform: Callable[..., list[np.ndarray]] | None = None
 
 
 def _gelu_ref(x: np.ndarray) -> np.ndarray:
@@ -47,26 +48,27 @@ def _layernorm_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _warm_fixed(ctx, x: SharedTensor, w: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
     """Open the weight's mask once before timing (as a loaded model does at start-up)."""
-    fixed = w.fixed("bench-weight")
-    (x @ fixed).reveal()
-    return x, fixed
+    OPS["matmul_fixed_weight"].run(x, w).reveal()
+    return x, w
+
+
+def _normal(*shape: int, std: float = 1.0) -> Callable[[np.random.Generator], np.ndarray]:
+    return lambda r: r.normal(0.0, std, size=shape)
+
+
+def _uniform(lo: float, hi: float, *shape: int) -> Callable[[np.random.Generator], np.ndarray]:
+    return lambda r: r.uniform(lo, hi, size=shape)
 
 
 def op_cases() -> list[OpCase]:
+    """Inputs (and their domains) and float64 references for every op of the catalogue."""
+    x128, w768 = _normal(128, 768), _normal(768, 768, std=0.02)
     return [
-        OpCase(
-            "matmul",
-            [128, 768, 768],
-            lambda r: [r.normal(size=(128, 768)), r.normal(0, 0.02, size=(768, 768))],
-            lambda ctx, x, w: x @ w,
-            lambda x, w: x @ w,
-            notes="fresh operands",
-        ),
+        OpCase("matmul", [128, 768, 768], [x128, w768], lambda x, w: x @ w, notes="fresh operands"),
         OpCase(
             "matmul_fixed_weight",
             [128, 768, 768],
-            lambda r: [r.normal(size=(128, 768)), r.normal(0, 0.02, size=(768, 768))],
-            lambda ctx, x, w: x @ w,
+            [x128, w768],
             lambda x, w: x @ w,
             prepare=_warm_fixed,
             notes="weight operand fixed; its mask opened once before timing",
@@ -74,72 +76,55 @@ def op_cases() -> list[OpCase]:
         OpCase(
             "softmax",
             [12, 128, 128],
-            lambda r: [r.uniform(-15, 15, size=(12, 128, 128))],
-            lambda ctx, x: fn.softmax(x, axis=-1),
+            [_uniform(-15, 15, 12, 128, 128)],
             _softmax_ref,
             notes="rows spread up to 30",
         ),
-        OpCase(
-            "gelu",
-            [128, 3072],
-            lambda r: [r.uniform(-10, 10, size=(128, 3072))],
-            lambda ctx, x: fn.gelu(x),
-            _gelu_ref,
-            notes="inputs uniform on [-10, 10]",
-        ),
+        OpCase("gelu", [128, 3072], [_uniform(-10, 10, 128, 3072)], _gelu_ref, notes="inputs on [-10, 10]"),
         OpCase(
             "layernorm",
             [128, 768],
-            lambda r: [
-                r.normal(0, 3, size=(128, 768)),
-                r.normal(1, 0.1, size=(768,)),
-                r.normal(0, 0.1, size=(768,)),
-            ],
-            lambda ctx, x, w, b: fn.layer_norm(x, w, b, 1e-12),
-            _layernorm_ref,
+            [_normal(128, 768, std=3.0), _normal(768, std=0.1), _normal(768, std=0.1)],
+            lambda x, w, b: _layernorm_ref(x, 1.0 + w, b),
             notes="weight and bias shared",
+            transform=lambda x, w, b: [x, 1.0 + w, b],
         ),
-        OpCase(
-            "exp",
-            [128, 768],
-            lambda r: [r.uniform(-20, 0, size=(128, 768))],
-            lambda ctx, x: fn.exp(x),
-            np.exp,
-            notes="inputs on [-20, 0]",
-        ),
+        OpCase("exp", [128, 768], [_uniform(-20, 0, 128, 768)], np.exp, notes="inputs on [-20, 0]"),
         OpCase(
             "reciprocal",
             [128, 768],
-            lambda r: [r.uniform(1, 128, size=(128, 768))],
-            lambda ctx, x: fn.reciprocal(x),
+            [_uniform(1, 128, 128, 768)],
             lambda x: 1.0 / x,
             notes="inputs on [1, 128]",
         ),
         OpCase(
             "rsqrt",
             [128, 768],
-            lambda r: [r.uniform(0.01, 100, size=(128, 768))],
-            lambda ctx, x: fn.rsqrt(x),
+            [_uniform(0.02, 100, 128, 768)],
             lambda x: 1.0 / np.sqrt(x),
-            notes="inputs on [0.01, 100]",
+            notes="inputs on [0.02, 100]",
         ),
         OpCase(
             "cos",
             [128, 768],
-            lambda r: [r.uniform(-30, 30, size=(128, 768))],
-            lambda ctx, x: x.trig(64.0, [1])[0][0],
+            [_uniform(-30, 30, 128, 768)],
             lambda x: np.cos(2 * np.pi * x / 64.0),
             notes="one harmonic, period 64",
         ),
         OpCase(
             "compare",
             [128, 768],
-            lambda r: [r.normal(size=(128, 768)), r.normal(size=(128, 768))],
-            lambda ctx, x, y: fn.less_than(x, y),
+            [x128, x128],
             lambda x, y: (x < y).astype(np.float64),
             notes="x < y as a bit",
         ),
     ]
+
+
+def case_inputs(case: OpCase, seed: int = 7) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    drawn = [make(rng) for make in case.inputs]
+    return case.transform(*drawn) if case.transform else drawn
 
 
 def bench_ops(
@@ -149,10 +134,13 @@ def bench_ops(
     for case in op_cases():
         if only and case.op not in only:
             continue
-        inputs = case.inputs(np.random.default_rng(7))
+        inputs = case_inputs(case)
         expected = case.reference(*inputs)
+        secure = OPS[case.op].run
         for suite in suites:
-            m = measure(suite, case.op, case.secure, *inputs, prepare=case.prepare)
+            m = measure(
+                suite, case.op, lambda ctx, *xs, secure=secure: secure(*xs), *inputs, prepare=case.prepare
+            )
             rows.append(
                 {
                     "suite": suite,

@@ -20,10 +20,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _sections() -> dict[str, object]:
+    from bench.grpc_ops_bench import bench_grpc_ops
     from bench.ops_bench import bench_ops
     from bench.ring_matmul_bench import bench_ring_matmul
 
-    return {"ring_matmul": bench_ring_matmul, "ops": bench_ops}
+    return {"ring_matmul": bench_ring_matmul, "ops": lambda: bench_ops() + bench_grpc_ops()}
 
 
 def render_markdown(results: dict) -> str:

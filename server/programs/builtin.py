@@ -132,4 +132,10 @@ class ModelLinear(Program):
         return {"y": y}
 
 
-BUILTIN: tuple[type[Program], ...] = (Affine, Mlp, Rounds, ModelLinear)
+def _builtin() -> tuple[type[Program], ...]:
+    from server.programs.ops import Op
+
+    return (Affine, Mlp, Rounds, ModelLinear, Op)
+
+
+BUILTIN: tuple[type[Program], ...] = _builtin()
