@@ -171,7 +171,7 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
     from pydantic import ValidationError
 
     from data_owner.config import RunConfig
-    from data_owner.task import builtin_tasks
+    from data_owner.task import builtin_tasks, short_error
 
     base: dict[str, Any] = {}
     if config_file is not None:
@@ -191,7 +191,7 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
     try:
         return RunConfig.model_validate(base)
     except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        msgs = "; ".join(short_error(e) for e in exc.errors())
         raise DataOwnerError(f"invalid run options: {msgs}") from exc
 
 

@@ -36,7 +36,7 @@ class RunConfig(BaseModel):
     popsize: int = Field(default=20, ge=2)
     sigma0: float = Field(default=1.0, gt=0)
     budget: int = Field(
-        default=400, description="training calls; one call = one candidate on the train split"
+        default=400, ge=1, description="training calls; one call = one candidate on the train split"
     )
     seed: int = 0
     alpha: float = Field(default=1.0, gt=0, description="projection scale multiplier (BBT alpha)")

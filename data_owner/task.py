@@ -157,11 +157,11 @@ def load_task(name_or_path: str) -> TaskSpec:
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:
-        msgs = "; ".join(_short_error(e) for e in exc.errors())
+        msgs = "; ".join(short_error(e) for e in exc.errors())
         raise DataOwnerError(f"invalid task {path}: {msgs}") from exc
 
 
-def _short_error(err: dict) -> str:
+def short_error(err: dict) -> str:
     loc = ".".join(str(x) for x in err.get("loc", ()))
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg

@@ -224,6 +224,9 @@ class Tuner:
             "mean": scores[1],
             "mean_loss": losses[1],
             "improved": False,
+            # the scored points themselves (history stays at the data owner, like the prompt)
+            "z_gen_best": [float(v) for v in z_best],
+            "z_mean": [float(v) for v in z_mean],
         }
         for z, sc, ls, src in (
             (z_best, scores[0], losses[0], "generation-best"),
