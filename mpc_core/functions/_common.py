@@ -179,20 +179,30 @@ def mean_last(x: SharedTensor) -> SharedTensor:
 
     ``x.mean`` multiplies by the encoded 1/H, whose relative error is up to 2^-17 H (3e-3 for H = 384):
     for a LayerNorm row with a large mean and a small variance that error is amplified by rsqrt(var).
-    Here H = 2^a m with m odd: the sum is divided by 2^a with one truncation (error below one ulp), then
-    multiplied by the integer c = round(2^e / m) and truncated by e bits.  With exact truncation e = 24
-    (relative error of 1/m below m 2^-25; raw values |mean| 2^40, fine for |mean| < 2^20); with
-    probabilistic truncation e = f (raw |mean| 2^32, the usual failure probability).
+    Here H = 2^a m with m odd and the sum is multiplied by the integer c = round(2^e / m) (exact), then
+    divided by 2^(a + e):
+
+    * exact truncation: one truncation by a + e with e = min(24, 29 - a), so the relative error of 1/m is
+      below m 2^-(e+1) (1e-7 for H = 384) and raw values |mean| 2^(16 + a + e) stay below 2^61 for
+      |mean| < 2^16;
+    * probabilistic truncation: the sum is first divided by 2^a, then multiplied by round(2^f / m) and
+      truncated by f, so every raw value is |mean| 2^32 (the usual failure probability).
+
+    Error: below one ulp plus |mean| m 2^-(e+1).
     """
     f = x.ctx.fp.frac_bits
     h = x.shape[-1]
     shift = (h & -h).bit_length() - 1
     odd = h >> shift
     total = x.sum(axis=-1, keepdims=True)
+    if exact_truncation(x.ctx):
+        extra = min(24, 29 - shift) if odd > 1 else 0
+        scaled = total * round((1 << extra) / odd) if odd > 1 else total
+        bits = shift + extra
+        return reinterpret(reinterpret(scaled, 0).truncate(bits), f) if bits else total
     if shift:
         total = total.truncate(shift)
     if odd == 1:
         return total
-    extra = 24 if exact_truncation(x.ctx) else f
-    scaled = total * round((1 << extra) / odd)  # exact (a ring-integer factor); value mean 2^extra
-    return reinterpret(reinterpret(scaled, 0).truncate(extra), f)
+    scaled = total * round((1 << f) / odd)
+    return reinterpret(reinterpret(scaled, 0).truncate(f), f)
