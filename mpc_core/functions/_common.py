@@ -5,7 +5,10 @@ Everything here is written over :class:`~mpc_core.tensor.SharedTensor` only and 
 * *rounds*: independent products are stacked into one ``*`` (one opening / one reshare), and
   :func:`powers` computes v, v^2, ..., v^d in ceil(log2 d) rounds;
 * *bytes and truncations*: :func:`linear_combination` multiplies by public coefficients encoded as ring
-  integers (exact), sums, and truncates once (in 3pc every truncation is a round).
+  integers (exact), sums, and truncates once (with exact truncation, the default, every truncation is a
+  round in both suites; with probabilistic truncation it is a round in 3pc and free in 2pc);
+* *precision*: :func:`mul_at`, :func:`square_at` and :func:`rescale` run chains of products with more
+  fractional bits than f when exact truncation makes the larger raw values safe (:func:`working_bits`).
 
 :func:`octave_bits` is the comparison step of reciprocal, rsqrt and log: the bits [x >= lo 2^j] for every
 octave boundary of a documented domain, all in one msb call (one batch of rounds, whatever the number of
@@ -58,8 +61,8 @@ def linear_combination(
     The coefficients are encoded as ring integers round(c_k 2^f) and multiplied exactly; the constant is
     added at 2f fractional bits; the sum is truncated once.  So the result is exactly the truncation of
     the combination with the *grid* coefficients (float64 models use :func:`on_grid`), with one ulp of
-    truncation error, one truncation round in 3pc instead of K, and a truncation failure probability set
-    by the size of the result (not of the partial sums).
+    truncation error and (probabilistic mode) a truncation failure probability set
+    by the size of the result (not of the partial sums): one truncation instead of K.
     """
     f = stacked.ctx.fp.frac_bits
     ints = np.rint(np.asarray(coeffs, dtype=np.float64) * (1 << f)).astype(np.int64)

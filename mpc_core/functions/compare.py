@@ -25,20 +25,16 @@ ARGMAX_PAD = -(2.0**30)
 Operand = SharedTensor | float | int | np.ndarray
 
 
-def _diff(x: SharedTensor, y: Operand) -> SharedTensor:
-    return x - y
-
-
 def less_than(x: SharedTensor, y: Operand) -> SharedTensor:
     """Ring-integer bits [x < y] (exact on encoded values, |x|, |y| < 2^46)."""
     with x.ctx.op("compare"):
-        return _diff(x, y).msb()
+        return (x - y).msb()
 
 
 def greater_equal(x: SharedTensor, y: Operand) -> SharedTensor:
     """Ring-integer bits [x >= y] = 1 - [x < y]."""
     with x.ctx.op("compare"):
-        return 1 - _diff(x, y).msb()
+        return 1 - (x - y).msb()
 
 
 def sign(x: SharedTensor) -> SharedTensor:
