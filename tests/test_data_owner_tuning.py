@@ -192,3 +192,19 @@ def test_resume_refuses_changed_data(tiny, tmp_path: Path) -> None:
         fh.write("1\tw50 w51\n")
     with pytest.raises(DataOwnerError, match="data files changed"):
         Tuner.resume(tmp_path / "run")
+
+
+def test_eval_scores_f1_for_an_f1_task(tiny, tmp_path: Path) -> None:
+    from data_owner import metrics
+    from data_owner.evaluate import evaluate
+
+    model, data, _ = tiny
+    task = write_task(tmp_path, metric="f1")
+    Tuner.start(tiny_config(model, data, task, budget=12), tmp_path / "run").run()
+    ev = evaluate(tmp_path / "run", "test")
+    s = open_session(tiny_config(model, data, task, budget=12), splits=("test",))
+    best = np.load(tmp_path / "run" / PROMPT)
+    pred = s.oracle.logits(best[None], "test")[0].argmax(-1)
+    s.close()
+    assert ev["metric"] == "f1" and ev["tuned"] == pytest.approx(metrics.f1(pred, s.splits["test"].labels))
+    assert ev["tuned_accuracy"] == pytest.approx(metrics.accuracy(pred, s.splits["test"].labels))
