@@ -103,7 +103,7 @@ class SharedTensor:
         return self._like(self.data.reshape((self.data.shape[0], *shape)))
 
     def transpose(self, *axes: int) -> SharedTensor:
-        axes = tuple(range(self.ndim))[::-1] if not axes else axes
+        axes = axes or tuple(range(self.ndim))[::-1]
         return self._like(self.data.transpose((0, *(a % self.ndim + 1 for a in axes))))
 
     def swapaxes(self, a: int, b: int) -> SharedTensor:
@@ -233,13 +233,41 @@ class SharedTensor:
         ``period`` must be a power of two times 2^-f (so that it is a power of two in ring units): then the
         opened mask delta = (x + t) mod period is perfectly uniform.
         """
-        units = period * (1 << self.scale)
-        period_bits = int(round(np.log2(units)))
-        if units <= 1 or 2**period_bits != units:
-            raise ValueError(f"trig period {period} is not a power of two in ring units (scale {self.scale})")
+        period_bits = self._period_bits(period)
         cos, sin = self.ctx.suite.trig(self.data, period_bits, harmonics, self.ctx.fp.frac_bits)
         f = self.ctx.fp.frac_bits
         return [self._like(c, f) for c in cos], [self._like(s, f) for s in sin]
+
+    def fourier(
+        self,
+        period: float,
+        harmonics: Sequence[int],
+        cos_coeffs: Sequence[float],
+        sin_coeffs: Sequence[float] | None = None,
+        linear: Sequence[tuple[SharedTensor, float]] = (),
+    ) -> SharedTensor:
+        """sum_k a_k cos(2 pi k x / period) + b_k sin(...) + sum_j w_j y_j with one truncation.
+
+        Cheaper than :meth:`trig` followed by a weighted sum when only the sum is needed (an activation
+        function as a Fourier series): one opened mask, one truncation, one output.
+        """
+        period_bits = self._period_bits(period)
+        sin_coeffs = [0.0] * len(harmonics) if sin_coeffs is None else sin_coeffs
+        f = self.ctx.fp.frac_bits
+        for y, _ in linear:
+            if y.scale != f or y.shape != self.shape:
+                raise ValueError("linear terms of a Fourier series must be fixed point of the same shape")
+        data = self.ctx.suite.fourier(
+            self.data, period_bits, harmonics, cos_coeffs, sin_coeffs, f, [(y.data, w) for y, w in linear]
+        )
+        return self._like(data, f)
+
+    def _period_bits(self, period: float) -> int:
+        units = period * (1 << self.scale)
+        period_bits = int(np.rint(np.log2(units)))
+        if units <= 1 or 2**period_bits != units:
+            raise ValueError(f"trig period {period} is not a power of two in ring units (scale {self.scale})")
+        return period_bits
 
     def __repr__(self) -> str:
         return f"SharedTensor(suite={self.ctx.suite.name}, shape={self.shape}, scale={self.scale})"

@@ -3,9 +3,9 @@
 A smooth function f of period P is c_0 + sum_k c_k cos(2 pi k x / P) + s_k sin(2 pi k x / P).  The
 coefficients come from an FFT of f sampled on a uniform grid (exact for a trigonometric polynomial and,
 for a smooth f, accurate to the aliasing error, far below 2^-16 with 2^16 samples).  On shares, one call of
-the trig protocol gives every cos and sin of the harmonics in one round (the opened mask (x + t) mod P is
-uniform because P is a power of two in ring units); the weighted sum is then a local linear combination
-truncated once (:func:`~mpc_core.functions._common.linear_combination`).
+opened mask serves every harmonic (the opened (x + t) mod P is uniform because P is a power of two in ring
+units); the public weights are folded into the public factors cos kd, sin kd before the one truncation
+(:meth:`~mpc_core.tensor.SharedTensor.fourier`).
 
 Error of the evaluation: the error of the series with coefficients rounded to the fixed-point grid
 (measured in float64 by the caller, :func:`evaluate_series` with ``on_grid`` coefficients) plus, per
@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mpc_core.functions._common import linear_combination
 from mpc_core.tensor import SharedTensor
 
 SAMPLES = 1 << 16
@@ -61,10 +60,9 @@ def cosine_series(
 ) -> SharedTensor:
     """constant + sum_i cos_coeffs[i] cos(2 pi harmonics[i] x / period) + sum_j w_j t_j on shares.
 
-    One trig round; the cosines and the optional ``extra`` weighted terms t_j (same shape as x) share one
-    truncation.  ``period`` must be a power of two in ring units (see SharedTensor.trig).
+    One opened mask; the weighted cosines and the optional ``extra`` weighted terms t_j (same shape as x)
+    are summed before one truncation (SharedTensor.fourier), so the suite returns one value per element.
+    ``period`` must be a power of two in ring units (see SharedTensor.trig).
     """
-    cos, _sin = x.trig(period, list(harmonics))
-    terms = list(cos) + [t for t, _ in extra]
-    weights = list(cos_coeffs) + [w for _, w in extra]
-    return linear_combination(SharedTensor.stack(terms), weights, constant)
+    series = x.fourier(period, list(harmonics), list(cos_coeffs), linear=list(extra))
+    return series + constant

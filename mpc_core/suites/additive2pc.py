@@ -95,5 +95,10 @@ class Additive2PC(Suite):
         cos, sin = self.core.trig(data[0], period_bits, harmonics, frac_bits)
         return [c[None] for c in cos], [s[None] for s in sin]
 
+    def fourier(self, data, period_bits, harmonics, cos_coeffs, sin_coeffs, frac_bits, linear=()):
+        pairs = [(y[0], w) for y, w in linear]
+        out = self.core.fourier(data[0], period_bits, harmonics, cos_coeffs, sin_coeffs, frac_bits, pairs)
+        return out[None]
+
     def msb(self, data: np.ndarray) -> np.ndarray:
         return self.core.msb(data[0])[None]

@@ -98,5 +98,22 @@ class Suite(ABC):
         """
 
     @abstractmethod
+    def fourier(
+        self,
+        data: np.ndarray,
+        period_bits: int,
+        harmonics: Sequence[int],
+        cos_coeffs: Sequence[float],
+        sin_coeffs: Sequence[float],
+        frac_bits: int,
+        linear: Sequence[tuple[np.ndarray, float]] = (),
+    ) -> np.ndarray:
+        """Shares of sum_k a_k cos(2 pi k x / 2^P) + b_k sin(...) + sum_j w_j y_j, truncated once.
+
+        The same opened mask as :meth:`trig`, but the public weights are applied before the single
+        truncation (and, in 3pc, before the single conversion back): one output instead of 2K.
+        """
+
+    @abstractmethod
     def msb(self, data: np.ndarray) -> np.ndarray:
         """Shares (as ring integers 0 or 1) of the most significant bit of x: 1 iff x < 0 (signed)."""

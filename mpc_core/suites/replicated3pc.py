@@ -204,6 +204,14 @@ class Replicated3PC(Suite):
         converted = self._from_2of2(cos + sin)
         return converted[: len(cos)], converted[len(cos) :]
 
+    def fourier(self, data, period_bits, harmonics, cos_coeffs, sin_coeffs, frac_bits, linear=()):
+        pairs = [(self._to_2of2(y), w) for y, w in linear]
+        out = self.core.fourier(
+            self._to_2of2(data), period_bits, harmonics, cos_coeffs, sin_coeffs, frac_bits, pairs
+        )
+        (converted,) = self._from_2of2([out])
+        return converted
+
     def msb(self, data: np.ndarray) -> np.ndarray:
         (bit,) = self._from_2of2([self.core.msb(self._to_2of2(data))])
         return bit

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from mpc_core.context import Context
 
 _ONE = np.uint64(1)
+#: Fractional bits of the public factors of a Fourier series under exact truncation (raw values
+#: |series| 2^(f + 20) stay below 2^62 for |series| < 2^26).
+SERIES_BITS = 20
 _WORD_SHIFTS = (1, 2, 4, 8, 16, 32)
 
 
@@ -292,44 +295,86 @@ class TwoPartyCore:
         return out
 
     # ------------------------------------------------------------------ trig
-    def trig(self, x: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int):
-        """cos and sin of 2 pi k x / 2^period_bits for each k (see Suite.trig), one round."""
+    def _trig_open(self, x: np.ndarray, period_bits: int, ks: np.ndarray, frac_bits: int):
+        """Deal (t, cos kt, sin kt) and open delta = (x + t) mod 2^period_bits: one round.
+
+        Returns the shares of the tables [cos kt; sin kt] (shape (2K, *x.shape)) and the public angles
+        k * 2 pi delta / 2^period_bits (shape (K, *x.shape)); (None, None) at the dealer.
+        """
         if not 1 <= period_bits <= 63:
             raise ValueError("period_bits must be in [1, 63]")
         mask = np.uint64((1 << period_bits) - 1)
-        ks = np.asarray(list(harmonics), dtype=np.float64)
         shape = x.shape
+        k_axis = ks.reshape((-1,) + (1,) * len(shape))
         t, t_parts = self._random_pair(shape)
         t = t & mask
-        wire = np.uint32 if period_bits <= 32 else RING_DTYPE
         if self.is_dealer:
             t_full = (t_parts[0] + t_parts[1]) & mask
-            angle = (2 * np.pi / 2.0**period_bits) * t_full.astype(np.float64)
+            theta = k_axis * ((2 * np.pi / 2.0**period_bits) * t_full.astype(np.float64))
             scale = float(1 << frac_bits)
-
-            def tables() -> np.ndarray:
-                theta = ks.reshape((-1,) + (1,) * len(shape)) * angle
-                return (
-                    np.rint(np.concatenate([np.cos(theta), np.sin(theta)]) * scale)
-                    .astype(np.int64)
-                    .view(RING_DTYPE)
-                )
-
-            self._dealt((2 * len(ks), *shape), tables)
-            both = self.truncate(np.zeros((2, len(ks), *shape), dtype=RING_DTYPE), frac_bits)
-            return list(both[0]), list(both[1])
+            self._dealt(
+                (2 * len(ks), *shape),
+                lambda: _encode(np.concatenate([np.cos(theta), np.sin(theta)]), scale),
+            )
+            return None, None
         table = self._dealt((2 * len(ks), *shape), None)
+        wire = np.uint32 if period_bits <= 32 else RING_DTYPE
         (delta,) = self.open([((x + t) & mask).astype(wire)])
         delta = delta.astype(RING_DTYPE) & mask
-        theta = ks.reshape((-1,) + (1,) * len(shape)) * (
-            (2 * np.pi / 2.0**period_bits) * delta.astype(np.float64)
-        )
+        return table, k_axis * ((2 * np.pi / 2.0**period_bits) * delta.astype(np.float64))
+
+    def trig(self, x: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int):
+        """cos and sin of 2 pi k x / 2^period_bits for each k (see Suite.trig): two rounds."""
+        ks = np.asarray(list(harmonics), dtype=np.float64)
+        table, theta = self._trig_open(x, period_bits, ks, frac_bits)
+        if table is None:
+            both = self.truncate(np.zeros((2, len(ks), *x.shape), dtype=RING_DTYPE), frac_bits)
+            return list(both[0]), list(both[1])
         scale = float(1 << frac_bits)
-        cos_d = np.rint(np.cos(theta) * scale).astype(np.int64).view(RING_DTYPE)
-        sin_d = np.rint(np.sin(theta) * scale).astype(np.int64).view(RING_DTYPE)
+        cos_d, sin_d = _encode(np.cos(theta), scale), _encode(np.sin(theta), scale)
         cos_t, sin_t = table[: len(ks)], table[len(ks) :]
         # cos(k(d - t)) = cos kd cos kt + sin kd sin kt;  sin(k(d - t)) = sin kd cos kt - cos kd sin kt
         both = self.truncate(
             np.stack([cos_d * cos_t + sin_d * sin_t, sin_d * cos_t - cos_d * sin_t]), frac_bits
         )
         return list(both[0]), list(both[1])
+
+    def fourier(
+        self,
+        x: np.ndarray,
+        period_bits: int,
+        harmonics: Sequence[int],
+        cos_coeffs: Sequence[float],
+        sin_coeffs: Sequence[float],
+        frac_bits: int,
+        linear: Sequence[tuple[np.ndarray, float]] = (),
+    ) -> np.ndarray:
+        """sum_k a_k cos(2 pi k x / 2^P) + b_k sin(...) + sum_j w_j y_j, with ONE truncation: two rounds.
+
+        sum_k a_k cos k(d - t) + b_k sin k(d - t) = sum_k cos kt (a_k cos kd + b_k sin kd)
+        + sin kt (a_k sin kd - b_k cos kd): the public factors are formed in float64 and encoded with
+        ``SERIES_BITS`` fractional bits (exact truncation; f bits otherwise), multiplied by the dealt
+        shares (f bits) and summed with the linear terms y_j (shares, f bits) times w_j, then truncated
+        once.  Error: half an ulp of the public encoding per term (relative 2^-(e+1)), the dealt tables'
+        encoding (2^-(f+1) |a_k| + |b_k| each) and one ulp of truncation.
+        """
+        ks = np.asarray(list(harmonics), dtype=np.float64)
+        extra_bits = SERIES_BITS if self.ctx.fp.truncation == "exact" else frac_bits
+        table, theta = self._trig_open(x, period_bits, ks, frac_bits)
+        if table is None:
+            return self.truncate(np.zeros(x.shape, dtype=RING_DTYPE), extra_bits)
+        a = np.asarray(cos_coeffs, dtype=np.float64).reshape((-1,) + (1,) * x.ndim)
+        b = np.asarray(sin_coeffs, dtype=np.float64).reshape(a.shape)
+        cos_d, sin_d = np.cos(theta), np.sin(theta)
+        scale = float(1 << extra_bits)
+        p = _encode(a * cos_d + b * sin_d, scale)
+        q = _encode(a * sin_d - b * cos_d, scale)
+        raw = (p * table[: len(ks)] + q * table[len(ks) :]).sum(axis=0, dtype=RING_DTYPE)
+        for share, weight in linear:
+            raw = raw + share * _encode(np.asarray(weight), scale)
+        return self.truncate(raw, extra_bits)
+
+
+def _encode(values: np.ndarray, scale: float) -> np.ndarray:
+    """Public floats as ring elements with the given scale (round to nearest)."""
+    return np.rint(values * scale).astype(np.int64).view(RING_DTYPE)
