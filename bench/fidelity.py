@@ -11,7 +11,7 @@ Secure study (``--secure N``): the first N test examples through the secure back
 every mode, compared with the plaintext run of the same computation (max abs logit error, prediction
 agreement).
 
-    .venv/bin/python -m bench.fidelity --out bench/results/fidelity.json            # plaintext study
+    .venv/bin/python -m bench.fidelity --seeds 4 --out bench/results/fidelity.json  # plaintext study
     .venv/bin/python -m bench.fidelity --secure 8 --tasks sst2 --out bench/results/fidelity_secure.json
 """
 
@@ -164,7 +164,7 @@ class Study:
 
 
 def plaintext_study(
-    study: Study, tasks: list[str], modes: list[tuple[str, int]], limit: int | None
+    study: Study, tasks: list[str], modes: list[tuple[str, int]], limit: int | None, seeds: int = 1
 ) -> list[dict]:
     rows = []
     fp = FixedPoint(FRAC_BITS)
@@ -174,8 +174,9 @@ def plaintext_study(
             texts, labels = texts[:limit], labels[:limit]
         head = study.head(task)
         reference = None
-        for mode, m in modes:
-            attn = AttentionConfig(mode=mode, features=m or 64)
+        runs = [(mode, m, seed) for mode, m in modes for seed in (range(seeds) if m else [0])]
+        for mode, m, seed in runs:
+            attn = AttentionConfig(mode=mode, features=m or 64, seed=seed)
             B = RangeRecorder(study.weights)
             t0 = time.perf_counter()
             logits = study.logits(B, attn, head, texts)
@@ -192,6 +193,7 @@ def plaintext_study(
                 "task": task,
                 "mode": mode,
                 "features": m,
+                "seed": seed,
                 "examples": len(texts),
                 "accuracy": float(np.mean(pred == labels)),
                 "agreement_with_softmax": float(np.mean(pred == ref_pred)),
@@ -203,7 +205,7 @@ def plaintext_study(
             }
             rows.append(row)
             print(
-                f"{task:8s} {mode:8s} m={m or '-':>4} acc {row['accuracy']:.3f} "
+                f"{task:8s} {mode:8s} m={m or '-':>4} seed {seed} acc {row['accuracy']:.3f} "
                 f"agree {row['agreement_with_softmax']:.3f} KL {kl:.4f} max|v| {largest:.3g} "
                 f"({seconds:.1f} s)",
                 flush=True,
@@ -211,11 +213,61 @@ def plaintext_study(
     return rows
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(float(np.mean(values)), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def plaintext_markdown(rows: list[dict]) -> str:
+    """One line per (task, mode, m): mean (min-max) over seeds of each figure."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], row["mode"], row["features"])].append(row)
+    lines = [
+        "| task | mode | m | seeds | accuracy | agreement with softmax | mean KL | max abs value | "
+        "den <= 0 | den < 2^-16 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, mode, m), rs in groups.items():
+
+        def frac(key: str, rs=rs) -> str:
+            vals = [r["ranges"].get(key, {}).get("fraction") for r in rs]
+            return "-" if vals[0] is None else _spread([100 * v for v in vals], ".1f") + "%"
+
+        lines.append(
+            f"| {task} | {mode} | {m or '-'} | {len(rs)} | "
+            f"{_spread([100 * r['accuracy'] for r in rs], '.1f')} | "
+            f"{_spread([100 * r['agreement_with_softmax'] for r in rs], '.1f')} | "
+            f"{_spread([r['mean_kl_from_softmax'] for r in rs], '.3f')} | "
+            f"{max(r['largest_abs_value'] for r in rs):.3g} | {frac('denominators <= 0')} | "
+            f"{frac('denominators < 2^-16')} |"
+        )
+    return "\n".join(lines)
+
+
+def secure_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| suite | task | mode | m | examples x tokens | max abs logit error | prediction agreement | "
+        "seconds | MiB (all parties) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['suite']} | {r['task']} | {r['mode']} | {r['features'] or '-'} | "
+            f"{r['examples']} x {r['tokens']} | "
+            f"{r['max_abs_logit_error']:.3g} | {100 * r['prediction_agreement']:.0f}% | {r['seconds']:.0f} | "
+            f"{r['bytes_all_parties'] / 2**20:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--features", nargs="+", type=int, default=[16, 64, 256])
     parser.add_argument("--limit", type=int, default=None, help="first N test examples only")
+    parser.add_argument("--seeds", type=int, default=1, help="feature seeds per random-feature setting")
     parser.add_argument("--secure", type=int, default=0, help="secure vs plaintext on the first N examples")
     parser.add_argument("--suites", nargs="+", default=["2pc", "3pc"])
     parser.add_argument("--out", type=Path, default=None)
@@ -228,10 +280,14 @@ def main(argv: list[str] | None = None) -> int:
 
         result = {"secure": secure_study(study, args.tasks, modes, args.secure, args.suites)}
     else:
-        result = {"plaintext": plaintext_study(study, args.tasks, modes, args.limit)}
+        result = {"plaintext": plaintext_study(study, args.tasks, modes, args.limit, args.seeds)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if "plaintext" in result:
+        print(plaintext_markdown(result["plaintext"]))
+    else:
+        print(secure_markdown(result["secure"]))
     return 0
 
 
