@@ -375,11 +375,23 @@ def test_trig_communication(suite: str, period_bits: int) -> None:
         assert res[2] == (16 * k * n, 1)
 
 
+def carry_tree_ands(bits: int = 63) -> list[int]:
+    """AND gates per element in each round of the carry tree: the g_i, then two per merge of adjacent
+    blocks (one for the final merge, whose propagate is not needed)."""
+    rounds, blocks = [bits], bits
+    while blocks > 1:
+        pairs = blocks // 2
+        rounds.append(1 if blocks == 2 else 2 * pairs)
+        blocks = pairs + blocks % 2
+    return rounds
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_msb_communication(suite: str) -> None:
-    """Kogge-Stone on 64-bit words: G = x0 & x1 (one AND), five levels of two ANDs, one last AND, then one
-    bit conversion (1 byte per element).  Each AND opens two words; the dealer sends one word per AND and
-    one per converted bit.  3pc adds the conversion back to replicated shares."""
+    """Carry tree on packed bits: 63 ANDs for the g_i, then six levels of merges; each AND opens two bits
+    per party (packed eight to a byte) and the dealer sends one bit of c per AND; then one bit conversion
+    (one byte per element each way, 8 bytes from the dealer).  3pc adds the conversion back to replicated
+    shares (8 bytes per element from P0 and from P1 to P2)."""
     x = np.linspace(-5.0, 5.0, 9)
 
     def program(ctx: Context, X: SharedTensor):
@@ -388,9 +400,10 @@ def test_msb_communication(suite: str) -> None:
         return op_stats(ctx, "msb")
 
     res = run_parties(suite, program, x)
-    n, ands = x.size, 1 + 2 * 5 + 1
-    party_bytes = 16 * ands * n + n
-    dealer_bytes = 8 * ands * n + 8 * n
+    n, levels = x.size, carry_tree_ands()
+    assert levels == [63, 62, 32, 16, 8, 4, 1]
+    party_bytes = sum(-(-2 * k * n // 8) for k in levels) + n
+    dealer_bytes = sum(-(-k * n // 8) for k in levels) + 8 * n
     if suite == "2pc":
         assert res[0] == res[1] == (party_bytes, 8)
         assert res[2] == (dealer_bytes, 0)
