@@ -248,13 +248,14 @@ def plaintext_markdown(rows: list[dict]) -> str:
 
 def secure_markdown(rows: list[dict]) -> str:
     lines = [
-        "| suite | task | mode | m | examples x tokens | max abs logit error | prediction agreement | "
+        "| suite | f | task | mode | m | examples x tokens | max abs logit error | prediction agreement | "
         "seconds | MiB (all parties) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['suite']} | {r['task']} | {r['mode']} | {r['features'] or '-'} | "
+            f"| {r['suite']} | {r.get('frac_bits', 16)} | {r['task']} | {r['mode']} | "
+            f"{r['features'] or '-'} | "
             f"{r['examples']} x {r['tokens']} | "
             f"{r['max_abs_logit_error']:.3g} | {100 * r['prediction_agreement']:.0f}% | {r['seconds']:.0f} | "
             f"{r['bytes_all_parties'] / 2**20:.0f} |"
@@ -270,15 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="feature seeds per random-feature setting")
     parser.add_argument("--secure", type=int, default=0, help="secure vs plaintext on the first N examples")
     parser.add_argument("--suites", nargs="+", default=["2pc", "3pc"])
+    parser.add_argument(
+        "--frac-bits", type=int, default=16, help="fixed-point fractional bits (secure study)"
+    )
+    parser.add_argument(
+        "--modes", nargs="+", default=["softmax", "rfa", "favor"], choices=["softmax", "rfa", "favor"]
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     study = Study(minilm_dir())
-    modes = [("softmax", 0)] + [(mode, m) for mode in ("rfa", "favor") for m in args.features]
+    modes = [("softmax", 0)] if "softmax" in args.modes else []
+    modes += [(mode, m) for mode in ("rfa", "favor") if mode in args.modes for m in args.features]
     if args.secure:
         from bench.fidelity_secure import secure_study
 
-        result = {"secure": secure_study(study, args.tasks, modes, args.secure, args.suites)}
+        result = {"secure": secure_study(study, args.tasks, modes, args.secure, args.suites, args.frac_bits)}
     else:
         result = {"plaintext": plaintext_study(study, args.tasks, modes, args.limit, args.seeds)}
     if args.out:

@@ -25,7 +25,7 @@ from mpc_core.runtime import run_parties
 
 
 def secure_study(
-    study, tasks: list[str], modes: list[tuple[str, int]], count: int, suites: list[str]
+    study, tasks: list[str], modes: list[tuple[str, int]], count: int, suites: list[str], frac_bits: int = 16
 ) -> list[dict]:
     from bench.fidelity import ROOT, read_tsv
 
@@ -33,7 +33,8 @@ def secure_study(
     _, secret = split_public(study.weights)
     shapes = {k: v.shape for k, v in secret.items()}
     for suite in suites:
-        shares = share_tensors(secret, suite, FixedPoint(16), system_prg())
+        fp = FixedPoint(frac_bits)
+        shares = share_tensors(secret, suite, fp, system_prg())
         for task in tasks:
             texts, labels = read_tsv(ROOT / "data" / task / "test.tsv")
             texts, labels = texts[:count], labels[:count]
@@ -54,13 +55,14 @@ def secure_study(
                     return out, ctx.stats.snapshot()["total"]
 
                 start = time.perf_counter()
-                results = run_parties(suite, program, examples, prompts)
+                results = run_parties(suite, program, examples, prompts, fp=fp)
                 seconds = time.perf_counter() - start
                 out = results[0][0]
                 sent = sum(r[1]["bytes"] for r in results)
                 err = float(np.abs(out - ref).max())
                 row = {
                     "suite": suite,
+                    "frac_bits": frac_bits,
                     "task": task,
                     "mode": mode,
                     "features": m,
