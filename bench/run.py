@@ -21,10 +21,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _sections() -> dict[str, object]:
     from bench.grpc_ops_bench import bench_grpc_ops
+    from bench.model_bench import bench_attention, bench_forward
     from bench.ops_bench import bench_ops
     from bench.ring_matmul_bench import bench_ring_matmul
 
-    return {"ring_matmul": bench_ring_matmul, "ops": lambda: bench_ops() + bench_grpc_ops()}
+    return {
+        "ring_matmul": bench_ring_matmul,
+        "ops": lambda: bench_ops() + bench_grpc_ops(),
+        "attention": bench_attention,
+        "forward": bench_forward,
+    }
 
 
 def render_markdown(results: dict) -> str:
@@ -70,6 +76,37 @@ def render_markdown(results: dict) -> str:
                 f"| {r['suite']} | {r['op']} | {r['shape']} | {r['transport']} | {r['seconds']:.3f} "
                 f"| {r['party_cpu_seconds']} | {r['bytes'] / 2**20:.2f} | {r['dealer_bytes'] / 2**20:.2f} "
                 f"| {r['rounds']} | {r['max_abs_err']:.1e} |"
+            )
+    if results.get("attention"):
+        lines += [
+            "",
+            "## attention (one layer's attention core, 12 heads of 64, batch 1)",
+            "",
+            "| suite | attention | seq | seconds | MiB | dealer MiB | rounds "
+            "| err vs plaintext (same mode) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["attention"]:
+            lines.append(
+                f"| {r['suite']} | {r['attention']} | {r['seq_len']} | {r['seconds']:.2f} "
+                f"| {r['bytes'] / 2**20:.1f} | {r['dealer_bytes'] / 2**20:.1f} | {r['rounds']} "
+                f"| {r['max_abs_err_vs_plaintext_same_mode']:.1e} |"
+            )
+    if results.get("forward"):
+        lines += [
+            "",
+            "## forward (all-MiniLM-L6-v2, similarity head)",
+            "",
+            "| suite | attention | batch x seq | seconds | x plaintext fp32 | party CPU s | MiB | dealer MiB "
+            "| rounds | max abs logit err |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["forward"]:
+            lines.append(
+                f"| {r['suite']} | {r['attention']} | {r['batch']} x {r['seq_len']} | {r['seconds']:.1f} "
+                f"| {r['seconds'] / r['plaintext_seconds']:.0f}x | {r['party_cpu_seconds']} "
+                f"| {r['bytes'] / 2**20:.0f} | {r['dealer_bytes'] / 2**20:.0f} | {r['rounds']} "
+                f"| {r['max_abs_err']:.1e} |"
             )
     return "\n".join(lines) + "\n"
 

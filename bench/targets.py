@@ -66,6 +66,39 @@ def _op_target(
     return check
 
 
+def _attention_row(results: dict, mode: str, seq_len: int) -> dict | None:
+    rows = [r for r in results.get("attention", []) if r["attention"] == mode and r["seq_len"] == seq_len]
+    return min(rows, key=lambda r: r["seconds"]) if rows else None
+
+
+def _rfa_saving(results: dict) -> tuple[str, bool] | None:
+    rfa, soft = _attention_row(results, "rfa", 512), _attention_row(results, "softmax", 512)
+    if rfa is None or soft is None:
+        return None
+    fewer, faster = soft["bytes"] / rfa["bytes"], soft["seconds"] / rfa["seconds"]
+    return f"{fewer:.1f}x fewer bytes, {faster:.1f}x faster", fewer >= 5 and faster >= 4
+
+
+def _softmax_attention_512(results: dict) -> tuple[str, bool] | None:
+    row = _attention_row(results, "softmax", 512)
+    if row is None:
+        return None
+    text = f"{row['seconds']:.1f} s ({row['suite']}), {row['bytes'] / MIB:.0f} MiB"
+    return text, row["seconds"] <= 10 and row["bytes"] / MIB < 1274
+
+
+def _forward_ratio(limit: float) -> Callable[[dict], tuple[str, bool] | None]:
+    def check(results: dict) -> tuple[str, bool] | None:
+        rows = [r for r in results.get("forward", []) if r["attention"] == "softmax"]
+        if not rows:
+            return None
+        row = min(rows, key=lambda r: r["seconds"])
+        ratio = row["seconds"] / row["plaintext_seconds"]
+        return f"{ratio:.0f}x plaintext fp32 ({row['suite']}, softmax)", ratio <= limit
+
+    return check
+
+
 TARGETS = [
     Target(
         "ring matmul [256,768,768] vs numpy uint64 (issue 2)", ">= 5x faster", lambda r: _ring_speedup(r, 5)
@@ -86,6 +119,12 @@ TARGETS = [
     ),
     Target("GELU 128x3072 on [-10, 10]", "<= 0.8 s, err <= 1e-2", _op_target("gelu", 0.8, err=1e-2)),
     Target("LayerNorm 128x768", "<= 0.07 s", _op_target("layernorm", 0.07)),
+    Target(
+        "softmax attention, seq 512, 12 heads of 64 (issue 7)", "<= 10 s, < 1,274 MiB", _softmax_attention_512
+    ),
+    Target("rfa vs softmax attention, seq 512 (issue 5)", ">= 5x fewer bytes, >= 4x faster", _rfa_saving),
+    Target("secure MiniLM forward, batch 32 x 64 (issue 5)", "within 80x plaintext", _forward_ratio(80)),
+    Target("secure MiniLM forward, batch 32 x 64 (issue 7)", "within 60x plaintext", _forward_ratio(60)),
 ]
 
 

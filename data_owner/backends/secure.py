@@ -101,7 +101,9 @@ class SecureOracle(LossOracle):
         if not path.is_file():
             raise DataOwnerError(f"cluster file not found: {path}")
         try:
-            client = ClusterClient.from_file(path, insecure=config.insecure, deadline_s=30.0)
+            # the cluster file sets the deadline of every call (limits.call_deadline_s): a secure forward
+            # of a real model takes minutes, far longer than a status call
+            client = ClusterClient.from_file(path, insecure=config.insecure)
         except (OSError, ValueError) as exc:
             raise DataOwnerError(f"cannot use the cluster file {path}: {exc}") from exc
         try:
