@@ -40,14 +40,16 @@ class RunConfig(BaseModel):
     )
     seed: int = 0
     alpha: float = Field(default=1.0, gt=0, description="projection scale multiplier (BBT alpha)")
-    scale_ref: Literal["word", "output"] = "word"
+    scale_ref: Literal["word", "output"] = "output"
     loss: Literal["task", "ce", "hinge"] = "task"
     eval_every: int = Field(default=100, ge=1, description="score the dev set every this many calls")
     k_shot: int | None = Field(
         default=None, ge=1, description="resample k per class (default: use files as is)"
     )
     max_length: int = Field(default=128, ge=8)
-    placeholder: str = "[unused0]"
+    placeholder: str | None = Field(
+        default=None, description="token whose rows carry the prompt (default: the tokenizer's unknown token)"
+    )
     attention: Literal["softmax", "rfa", "favor"] = Field(
         default="softmax", description="attention the servers compute (random-feature modes lose accuracy)"
     )

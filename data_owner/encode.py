@@ -109,7 +109,7 @@ class Encoder:
         task: TaskSpec,
         head: Head,
         prompt_length: int,
-        placeholder: str,
+        placeholder: str | None,
         max_length: int,
     ) -> None:
         self.tok = tokenizer
@@ -118,6 +118,7 @@ class Encoder:
         self.head = head
         self.L = prompt_length
         self.max_length = max_length
+        placeholder = placeholder or tokenizer.unk_token  # default: the unknown token, in every vocabulary
         ids = tokenizer.convert_tokens_to_ids([placeholder])
         if (
             not ids

@@ -70,7 +70,6 @@ def tiny_config(model: Path, data: Path, task: Path, **overrides) -> RunConfig:
         data_dir=str(data),
         model=str(model),
         backend="plain",
-        placeholder="[UNK]",
         prompt_length=3,
         intrinsic_dim=8,
         popsize=6,
