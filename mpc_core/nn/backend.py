@@ -213,9 +213,6 @@ class SecureBackend(Backend):
 
     name = "secure"
 
-    #: Masked attention scores are replaced by -MASK_FILL before the softmax (then zeroed exactly).
-    MASK_FILL = 64.0
-
     def __init__(self, ctx: Context, weights: Mapping[str, SharedTensor]) -> None:
         from mpc_core import functions
 
@@ -264,12 +261,9 @@ class SecureBackend(Backend):
             return self.fn.gelu(x)
 
     def softmax(self, x, mask=None):
+        """functions.softmax with its public mask: masked entries take no part in max and sum, and are 0."""
         with self.ctx.op("softmax"):
-            if mask is None:
-                return self.fn.softmax(x, axis=-1)
-            keep = (np.asarray(mask) != 0).astype(np.int64)
-            filled = x * keep + (keep - 1).astype(np.float64) * self.MASK_FILL
-            return self.fn.softmax(filled, axis=-1) * keep
+            return self.fn.softmax(x, axis=-1, mask=None if mask is None else (np.asarray(mask) != 0))
 
     def exp(self, x, lower=None):
         with self.ctx.op("exp"):
