@@ -347,3 +347,28 @@ def test_small_layer_against_float64(suite: str, rng: np.random.Generator) -> No
         # one ulp from the matmul (passed through ReLU) and one from the mean's product with 1/5
         mean_weight_error = abs(enc(0.2) - 0.2) * np.maximum(h, 0).sum(axis=1).max()
         assert np.max(np.abs(got - expected)) < 2 * ULP + mean_weight_error
+
+
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+def test_trig_tables_dealt_in_chunks(suite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With tables dealt 7 elements at a time (a partial last chunk), trig and the Fourier series still
+    match float64 within the trig bound, and the opening stays one round."""
+    from mpc_core.suites import twoparty
+
+    monkeypatch.setattr(twoparty, "TABLE_CHUNK", 7)
+    x = np.linspace(-30.0, 30.0, 50).reshape(5, 10)
+    ks, a, b = [1, 3], [0.5, -0.25], [0.125, 1.0]
+
+    def program(ctx, X):
+        cos, sin = X.trig(64.0, ks)
+        series = X.fourier(64.0, ks, a, b)
+        return cos[1].reveal(), sin[0].reveal(), series.reveal()
+
+    cos3, sin1, series = run_parties(suite, program, x)[0]
+    angle = 2 * np.pi * x / 64.0
+    assert np.max(np.abs(cos3 - np.cos(3 * angle))) < 4e-5
+    assert np.max(np.abs(sin1 - np.sin(angle))) < 4e-5
+    expected = sum(
+        ai * np.cos(k * angle) + bi * np.sin(k * angle) for k, ai, bi in zip(ks, a, b, strict=True)
+    )
+    assert np.max(np.abs(series - expected)) < 1e-4

@@ -36,6 +36,8 @@ _ONE = np.uint64(1)
 #: Fractional bits of the public factors of a Fourier series under exact truncation (raw values
 #: |series| 2^(f + 20) stay below 2^62 for |series| < 2^26).
 SERIES_BITS = 20
+#: Elements per chunk of dealt trig tables (2K ring words per element): bounds their memory.
+TABLE_CHUNK = 1 << 18
 #: Bit positions 0..62 of a ring element: the low bits whose carry decides the sign bit.
 _BIT_POSITIONS = np.arange(63, dtype=np.uint64)
 
@@ -336,53 +338,62 @@ class TwoPartyCore:
         return result
 
     # ------------------------------------------------------------------ trig
-    def _trig_open(self, x: np.ndarray, period_bits: int, ks: np.ndarray, frac_bits: int):
-        """Deal (t, cos kt, sin kt) and open delta = (x + t) mod 2^period_bits: one round.
+    def _trig_chunks(self, x: np.ndarray, period_bits: int, ks: np.ndarray, frac_bits: int):
+        """Open delta = (x + t) mod 2^period_bits (one round), then deal [cos kt; sin kt] chunk by chunk.
 
-        Returns the shares of the tables [cos kt; sin kt] (shape (2K, *x.shape)) and the public base angle
-        2 pi delta / 2^period_bits (shape x.shape); (None, None) at the dealer.
+        Yields (slice of the flattened x, this party's table shares (2K, chunk), public base angles
+        2 pi delta / 2^period_bits of the chunk); the dealer yields (slice, None, None) after dealing each
+        chunk.  Chunks of TABLE_CHUNK elements bound the memory of the tables (2K words per element):
+        the dealer's messages are offline, so chunking costs no rounds.
         """
         if not 1 <= period_bits <= 63:
             raise ValueError("period_bits must be in [1, 63]")
         mask = np.uint64((1 << period_bits) - 1)
-        shape = x.shape
-        t, t_parts = self._random_pair(shape)
+        flat = x.reshape(-1)
+        size, count = flat.size, len(ks)
+        t, t_parts = self._random_pair(flat.shape)
         t = t & mask
+        to_angle = 2 * np.pi / 2.0**period_bits
         if self.is_dealer:
-            t_full = (t_parts[0] + t_parts[1]) & mask
-            base = (2 * np.pi / 2.0**period_bits) * t_full.astype(np.float64)
-            scale = float(1 << frac_bits)
+            base = to_angle * ((t_parts[0] + t_parts[1]) & mask).astype(np.float64)
+        else:
+            wire = np.uint32 if period_bits <= 32 else RING_DTYPE
+            (delta,) = self.open([((flat + t) & mask).astype(wire)])
+            base = to_angle * (delta.astype(RING_DTYPE) & mask).astype(np.float64)
+        scale = float(1 << frac_bits)
+        for start in range(0, max(size, 1), TABLE_CHUNK):
+            part = slice(start, min(size, start + TABLE_CHUNK))
+            angles = base[part]
+            shape = (2 * count, angles.size)
+            if self.is_dealer:
 
-            def tables() -> np.ndarray:
-                out = np.empty((2 * len(ks), *shape), dtype=RING_DTYPE)
-                for i, phase in enumerate(harmonic_phases(base, ks)):
-                    out[i], out[len(ks) + i] = _encode(phase.real, scale), _encode(phase.imag, scale)
-                return out
+                def tables(angles: np.ndarray = angles, shape: tuple[int, int] = shape) -> np.ndarray:
+                    out = np.empty(shape, dtype=RING_DTYPE)
+                    for i, phase in enumerate(harmonic_phases(angles, ks)):
+                        out[i], out[count + i] = _encode(phase.real, scale), _encode(phase.imag, scale)
+                    return out
 
-            self._dealt((2 * len(ks), *shape), tables)
-            return None, None
-        table = self._dealt((2 * len(ks), *shape), None)
-        wire = np.uint32 if period_bits <= 32 else RING_DTYPE
-        (delta,) = self.open([((x + t) & mask).astype(wire)])
-        delta = delta.astype(RING_DTYPE) & mask
-        return table, (2 * np.pi / 2.0**period_bits) * delta.astype(np.float64)
+                self._dealt(shape, tables)
+                yield part, None, None
+            else:
+                yield part, self._dealt(shape, None), angles
 
     def trig(self, x: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int):
         """cos and sin of 2 pi k x / 2^period_bits for each k (see Suite.trig): two rounds."""
         ks = np.asarray(list(harmonics), dtype=np.float64)
-        table, theta = self._trig_open(x, period_bits, ks, frac_bits)
-        if table is None:
-            both = self.truncate(np.zeros((2, len(ks), *x.shape), dtype=RING_DTYPE), frac_bits)
-            return list(both[0]), list(both[1])
+        count = len(ks)
         scale = float(1 << frac_bits)
-        raw = np.empty((2, len(ks), *x.shape), dtype=RING_DTYPE)
-        for i, phase in enumerate(harmonic_phases(theta, ks)):
-            cos_d, sin_d = _encode(phase.real, scale), _encode(phase.imag, scale)
-            cos_t, sin_t = table[i], table[len(ks) + i]
-            # cos(k(d - t)) = cos kd cos kt + sin kd sin kt;  sin(k(d - t)) = sin kd cos kt - cos kd sin kt
-            raw[0, i] = cos_d * cos_t + sin_d * sin_t
-            raw[1, i] = sin_d * cos_t - cos_d * sin_t
-        both = self.truncate(raw, frac_bits)
+        raw = np.zeros((2, count, x.size), dtype=RING_DTYPE)
+        for part, table, theta in self._trig_chunks(x, period_bits, ks, frac_bits):
+            if table is None:
+                continue
+            for i, phase in enumerate(harmonic_phases(theta, ks)):
+                cos_d, sin_d = _encode(phase.real, scale), _encode(phase.imag, scale)
+                cos_t, sin_t = table[i], table[count + i]
+                # cos k(d - t) = cos kd cos kt + sin kd sin kt;  sin k(d - t) = sin kd cos kt - cos kd sin kt
+                raw[0, i, part] = cos_d * cos_t + sin_d * sin_t
+                raw[1, i, part] = sin_d * cos_t - cos_d * sin_t
+        both = self.truncate(raw, frac_bits).reshape((2, count, *x.shape))
         return list(both[0]), list(both[1])
 
     def fourier(
@@ -405,17 +416,19 @@ class TwoPartyCore:
         encoding (2^-(f+1) |a_k| + |b_k| each) and one ulp of truncation.
         """
         ks = np.asarray(list(harmonics), dtype=np.float64)
+        count = len(ks)
         extra_bits = SERIES_BITS if self.ctx.fp.truncation == "exact" else frac_bits
-        table, theta = self._trig_open(x, period_bits, ks, frac_bits)
-        if table is None:
-            return self.truncate(np.zeros(x.shape, dtype=RING_DTYPE), extra_bits)
         scale = float(1 << extra_bits)
-        raw = np.zeros(x.shape, dtype=RING_DTYPE)
-        for i, phase in enumerate(harmonic_phases(theta, ks)):
-            a, b = float(cos_coeffs[i]), float(sin_coeffs[i])
-            p = _encode(a * phase.real + b * phase.imag, scale)
-            q = _encode(a * phase.imag - b * phase.real, scale)
-            raw += p * table[i] + q * table[len(ks) + i]
+        raw = np.zeros(x.size, dtype=RING_DTYPE)
+        for part, table, theta in self._trig_chunks(x, period_bits, ks, frac_bits):
+            if table is None:
+                continue
+            for i, phase in enumerate(harmonic_phases(theta, ks)):
+                a, b = float(cos_coeffs[i]), float(sin_coeffs[i])
+                p = _encode(a * phase.real + b * phase.imag, scale)
+                q = _encode(a * phase.imag - b * phase.real, scale)
+                raw[part] += p * table[i] + q * table[count + i]
+        raw = raw.reshape(x.shape)
         for share, weight in linear:
             raw = raw + share * _encode(np.asarray(weight), scale)
         return self.truncate(raw, extra_bits)
