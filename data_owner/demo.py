@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         result = run(
-            [BIN / "secp-tune", "eval", out, "--split", "test", "--json"], capture_output=True, text=True
+            [BIN / "secp-tune", "eval", out, "--split", "test", "--json"], stdout=subprocess.PIPE, text=True
         )
     finally:
         run([BIN / "secp-cluster", "down", "--config", config])
