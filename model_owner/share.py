@@ -10,10 +10,11 @@ error leaves nothing behind)::
     public/embeddings.safetensors   the embedding layer (word, position, token type, LayerNorm)
     public/config.json, tokenizer files
 
-Shares come from :func:`mpc_core.prg.system_prg` (AES-CTR keyed from the operating system's
-cryptographic source).  Any one party file is uniformly distributed and independent of the weights;
-all of a suite's party files together reconstruct them (x = sum of the shares mod 2^64).  Nothing here
-prints or logs a weight or a share.
+Shares come from AES-CTR keyed by fresh per-tensor seeds from the operating system's cryptographic
+source (:func:`mpc_core.prg.fresh_seed`), one party file at a time (:func:`share_tensors_for_party`).
+Any one party file is uniformly distributed and independent of the weights; the party files together
+reconstruct them (x = sum of the shares mod 2^64; in 3pc any two files hold all three shares).
+Nothing here prints or logs a weight or a share.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from mpc_core.nn.weights import (
     party_file_tensors,
     split_public,
 )
-from mpc_core.prg import PRG, system_prg
+from mpc_core.prg import PRG, fresh_seed
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
 
@@ -66,6 +67,13 @@ def party_file_name(party: int) -> str:
     return f"party{party}.safetensors"
 
 
+def _encode(fp: FixedPoint, name: str, value: np.ndarray) -> np.ndarray:
+    try:
+        return fp.encode(value)
+    except ValueError as exc:
+        raise CheckpointError(f"tensor {name} cannot be encoded in fixed point: {exc}") from None
+
+
 def share_tensors(
     tensors: Mapping[str, np.ndarray], suite: str, fp: FixedPoint, prg: PRG
 ) -> list[dict[str, np.ndarray]]:
@@ -73,13 +81,26 @@ def share_tensors(
     cls = suite_class(suite)
     out: list[dict[str, np.ndarray]] = [{} for _ in range(PARTIES[suite])]
     for name, value in tensors.items():
-        try:
-            encoded = fp.encode(value)
-        except ValueError as exc:
-            raise CheckpointError(f"tensor {name} cannot be encoded in fixed point: {exc}") from None
-        for party, share in enumerate(cls.split(encoded, prg)):
+        for party, share in enumerate(cls.split(_encode(fp, name, value), prg)):
             out[party][name] = np.ascontiguousarray(share)
     return out
+
+
+def share_tensors_for_party(
+    tensors: Mapping[str, np.ndarray], suite: str, fp: FixedPoint, seeds: Mapping[str, bytes], party: int
+) -> dict[str, np.ndarray]:
+    """One party's shares only, re-derived from a per-tensor secret seed (the same for every party).
+
+    Splitting tensor t with a PRG keyed by ``seeds[t]`` is deterministic, so calling this for each party
+    in turn gives a consistent sharing while holding one party's shares in memory at a time (a 3pc
+    RoBERTa-large would otherwise need all six share slots, about 15 GB, at once).  The seeds come from
+    the operating system's cryptographic source and never leave this process.
+    """
+    cls = suite_class(suite)
+    return {
+        name: np.ascontiguousarray(cls.split(_encode(fp, name, value), PRG(seeds[name]))[party])
+        for name, value in tensors.items()
+    }
 
 
 def _public_array(value: np.ndarray) -> np.ndarray:
@@ -102,7 +123,6 @@ def share_model(
     out_dir: str | Path,
     frac_bits: int = 16,
     force: bool = False,
-    prg: PRG | None = None,
 ) -> ShareManifest:
     """Share the checkpoint in ``model_dir`` for ``suite`` into ``out_dir``; returns the manifest written."""
     if suite not in PARTIES:
@@ -111,23 +131,27 @@ def share_model(
     fp = FixedPoint(frac_bits)
     cfg, tensors = load_checkpoint(model_dir)
     public, secret = split_public(tensors)
-    shares = share_tensors(secret, suite, fp, prg or system_prg())
-    del tensors, secret
+    del tensors
+    for name, value in secret.items():  # refuse unencodable weights before anything is written
+        _encode(fp, name, value)
+    seeds = {name: fresh_seed() for name in secret}
     _prepare_target(out, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         party_files = []
-        for party, party_shares in enumerate(shares):
+        for party in range(PARTIES[suite]):
+            party_shares = share_tensors_for_party(secret, suite, fp, seeds, party)
             path = tmp / party_file_name(party)
             save_file(
                 party_shares,
                 str(path),
                 metadata={"format": "secp-shares/1", "suite": suite, "party": str(party)},
             )
+            del party_shares
             party_files.append(
                 PartyFile(party=party, file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
             )
-        del shares
+        del seeds
         pub = tmp / "public"
         pub.mkdir()
         save_file({k: _public_array(v) for k, v in public.items()}, str(pub / "embeddings.safetensors"))
