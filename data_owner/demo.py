@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TEST_PER_CLASS = 32
+TEST_PER_CLASS = 12
 
 
 def bundled_model() -> Path:
