@@ -221,9 +221,17 @@ class SecureBackend(Backend):
         self.fn = functions
         self._fused: dict[str, tuple[SharedTensor, SharedTensor, list[int]]] = {}
 
-    # ------------------------------------------------------------------ weights
+    # ------------------------------------------------------------------ weights (traffic named "linear")
+    def linear(self, x, name):
+        with self.ctx.op("linear"):
+            return super().linear(x, name)
+
     def linear_many(self, x, names):
         """One product x @ [W_1 | W_2 | ...] (one opening of x in 2pc) split into the layers' outputs."""
+        with self.ctx.op("linear"):
+            return self._linear_many(x, names)
+
+    def _linear_many(self, x, names):
         from mpc_core.tensor import SharedTensor
 
         key = "+".join(names)
@@ -242,6 +250,10 @@ class SecureBackend(Backend):
         return out
 
     def linear_columns(self, x, name, columns):
+        with self.ctx.op("linear"):
+            return self._linear_columns(x, name, columns)
+
+    def _linear_columns(self, x, name, columns):
         key = f"{name}[{','.join(str(int(c)) for c in columns)}]"
         if key not in self._fused:
             cols = np.asarray(columns, dtype=np.int64)
@@ -253,7 +265,7 @@ class SecureBackend(Backend):
 
     # ------------------------------------------------------------------ functions
     def _layer_norm(self, x, weight, bias, eps):
-        with self.ctx.op("layer_norm"):
+        with self.ctx.op("layernorm"):
             return self.fn.layer_norm(x, weight, bias, eps)
 
     def gelu(self, x):
