@@ -82,7 +82,7 @@ def _plaintext(weights, cfg, secrets, params):
     ("suite", "head", "output"), [("2pc", "mlm", "losses"), ("3pc", "similarity", "logits")]
 )
 def test_prompt_tuning_batch_matches_in_process_and_plaintext(tmp_path, checkpoint, suite, head, output):
-    manifest = share_model(checkpoint, suite, tmp_path / "model", prg=PRG(bytes(16)))
+    manifest = share_model(checkpoint, suite, tmp_path / "model")
     cfg = manifest.config
     secrets, params = _inputs(cfg, head, output)
     prg = PRG(b"tuning-test-seed")
