@@ -32,4 +32,5 @@ def machine_info() -> dict[str, object]:
         "numpy": np.__version__,
         "blas": blas,
         "platform": platform.platform(),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }
