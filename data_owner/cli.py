@@ -131,6 +131,7 @@ def main() -> None:
 @click.option(
     "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
 )
+@click.option("--max-sequences", type=int, default=None, help="secure backend: most sequences per request")
 @click.option("--head", type=click.Choice(["auto", "similarity", "mlm"]), default="auto", show_default=True)
 @click.option("--prompt-length", "-L", type=int, default=None)
 @click.option("--intrinsic-dim", "-d", type=int, default=None)
@@ -213,13 +214,21 @@ def resume(run: Path, as_json: bool, quiet: bool) -> None:
 @click.option("--split", default="test", show_default=True)
 @click.option("--data-dir", default=None, help="override the run's data folder")
 @click.option("--no-baseline", is_flag=True, help="skip scoring the zero-shot prompt")
+@click.option("--backend", type=click.Choice(["plain", "secure"]), default=None, help="[the run's backend]")
+@click.option("--cluster", default=None, help="secure backend: the cluster file")
+@click.option("--suite", type=click.Choice(["2pc", "3pc"]), default=None)
+@click.option("--insecure", is_flag=True, default=None)
+@click.option("--max-sequences", type=int, default=None, help="secure backend: most sequences per request")
+@click.option("--model", default=None, help="model folder [the run's]")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def eval_cmd(run: Path, split: str, data_dir: str | None, no_baseline: bool, as_json: bool) -> None:
-    """Score RUN's tuned prompt (and zero-shot) on a labelled split."""
+def eval_cmd(
+    run: Path, split: str, data_dir: str | None, no_baseline: bool, as_json: bool, **overrides: Any
+) -> None:
+    """Score RUN's tuned prompt (and zero-shot) on a labelled split, on the run's or another backend."""
     from data_owner.evaluate import evaluate
 
-    result = evaluate(run, split=split, data_dir=data_dir, baseline=not no_baseline)
+    result = evaluate(run, split=split, data_dir=data_dir, baseline=not no_baseline, overrides=overrides)
     banner(result["backend"], result["private"])
     emit(result, as_json, f"eval {run} on {split}")
 

@@ -29,6 +29,9 @@ class RunConfig(BaseModel):
         default=None, description="secure backend: the cluster's address or config file"
     )
     insecure: bool = Field(default=False, description="secure backend: no TLS (local development only)")
+    max_sequences: int = Field(
+        default=0, ge=0, description="secure backend: most sequences per request (0: a generation in one)"
+    )
     head: Literal["auto", "similarity", "mlm"] = "auto"
     similarity_scale: float = 20.0
     prompt_length: int = Field(default=5, ge=1)

@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from data_owner import metrics
 from data_owner.checkpoint import atomic_write_json, load_checkpoint
 from data_owner.config import RunConfig
+from data_owner.errors import DataOwnerError
 from data_owner.oracle import LossOracle
 from data_owner.report import EVAL_PREFIX, write_report
 from data_owner.runfolder import CHECKPOINT, RunFolder
 from data_owner.session import open_session
+from data_owner.task import short_error
 
 
 def evaluate(
@@ -26,12 +29,27 @@ def evaluate(
     data_dir: str | None = None,
     baseline: bool = True,
     oracle: LossOracle | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Score the run's best prompt (and z = 0) on ``split``; writes ``eval_<split>[_<backend>].json``.
+
+    ``overrides`` (e.g. ``backend``, ``cluster``, ``model``) evaluate on another backend than the run's:
+    a prompt tuned in plaintext can be confirmed on the cluster, the prompt travelling as shares.
+    """
     folder = RunFolder(run_dir)
     record = folder.read_config()
     config = RunConfig.model_validate(record["config"])
+    tuned_on = config.backend
+    updates = {k: v for k, v in (overrides or {}).items() if v is not None}
     if data_dir is not None:
-        config = config.model_copy(update={"data_dir": data_dir})
+        updates["data_dir"] = data_dir
+    if updates:
+        try:
+            config = RunConfig.model_validate({**config.model_dump(), **updates})
+        except ValidationError as exc:
+            raise DataOwnerError(
+                f"invalid evaluation options: {'; '.join(short_error(e) for e in exc.errors())}"
+            ) from exc
     state = load_checkpoint(folder.file(CHECKPOINT))
     session = open_session(config, splits=(split,), oracle=oracle)
     try:
@@ -64,6 +82,8 @@ def evaluate(
             out.update(zero_shot=scores[1], zero_shot_accuracy=acc[1], gain=scores[0] - scores[1])
     finally:
         session.close()
-    atomic_write_json(folder.file(f"{EVAL_PREFIX}{split}.json"), out)
+    suffix = "" if config.backend == tuned_on else f"_{config.backend}"
+    out["tuned_on"] = tuned_on
+    atomic_write_json(folder.file(f"{EVAL_PREFIX}{split}{suffix}.json"), out)
     write_report(folder)
     return out

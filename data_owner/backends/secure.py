@@ -7,12 +7,18 @@ pass (``mpc_core.nn.candidate_losses`` / ``candidate_logits``) and keep shares o
 alone fetches every party's share and reconstructs the ``popsize`` losses (training) or the class scores of
 its own examples (dev/test scoring).  There is never a fallback to the plaintext backend.
 
+By default a split is one part and a generation ONE request.  With ``max_sequences`` > 0 (the servers'
+memory grows with the sequences in one batch) a split is shared in parts of at most that many rows (sorted
+by length, each cut to its longest row) and the candidates go in groups, so that no request holds more than
+``max_sequences`` sequences; a training loss is then the row-weighted mean of the parts' mean losses
+(exact), and the data owner also learns the parts' losses, which are its own data.
+
 Transport: helper F's :class:`data_owner.client.ClusterClient`.  The server-side program contract this
 module expects (name :data:`TUNING_PROGRAM`):
 
-- inputs ``<split>.x`` (fixed point, [n, T, H]), ``<split>.y`` (fixed point one-hot [n, C], training split
-  only), ``prompts`` (fixed point [P, L, H]) and, for the similarity head, ``anchors.x`` (the label
-  descriptions' embedding-layer outputs [C, T', H]);
+- inputs ``<split>.p<i>.x`` (fixed point, [n_i, T_i, H]), ``<split>.p<i>.y`` (fixed point one-hot [n_i, C],
+  training split only), ``prompts`` (fixed point [P, L, H]) and, for the similarity head, ``anchors.x`` (the
+  label descriptions' embedding-layer outputs [C, T', H]);
 - public parameters :class:`TuningParams` (split, wanted output, loss, head, padding mask, mask positions,
   label-word ids, anchor mask, similarity scale, attention mode);
 - output ``losses`` [P] or ``logits`` [P, n, C].
@@ -79,6 +85,7 @@ class SecureOracle(LossOracle):
         self.word_ids = word_ids
         self.anchor_mask = None if anchors is None else anchors[1].tolist()
         self.splits: dict[str, tuple[EncodedSplit, str | None]] = {}
+        self.parts: dict[str, list[np.ndarray]] = {}
         if anchors is not None:
             self._upload("anchors.x", anchors[0])
 
@@ -129,18 +136,35 @@ class SecureOracle(LossOracle):
 
     # ------------------------------------------------------------------ LossOracle
     def upload(self, name: str, split: EncodedSplit, loss: str | None = None) -> None:
-        self._upload(f"{name}.x", split.embeds)
-        if loss is not None:
-            self._upload(f"{name}.y", split.onehot)
+        """Share the split once, in parts of at most ``max_sequences`` rows (one part when unlimited)."""
+        cap = self.config.max_sequences
+        if cap and len(split) > cap:
+            order = np.argsort(split.attention_mask.sum(1), kind="stable")  # similar lengths share a part
+            parts = [order[s : s + cap] for s in range(0, len(split), cap)]
+        else:
+            parts = [np.arange(len(split))]
+        for i, rows in enumerate(parts):
+            T = int(split.attention_mask[rows].sum(1).max())
+            self._upload(f"{name}.p{i}.x", split.embeds[rows, :T])
+            if loss is not None:
+                self._upload(f"{name}.p{i}.y", split.onehot[rows])
         self.splits[name] = (split, loss)
+        self.parts[name] = parts
 
     def losses(self, prompts: np.ndarray, split: str = "train") -> np.ndarray:
-        out = self._evaluate(prompts, split, "losses")
-        return out.reshape(len(prompts))
+        """Mean loss over the split: the row-weighted mean of the parts' means (exact)."""
+        data, _ = self.splits[split]
+        total = np.zeros(len(prompts))
+        for i, rows in enumerate(self.parts[split]):
+            total += self._evaluate(prompts, split, i, "losses").reshape(len(prompts)) * len(rows)
+        return total / len(data)
 
     def logits(self, prompts: np.ndarray, split: str) -> np.ndarray:
         data, _ = self.splits[split]
-        return self._evaluate(prompts, split, "logits").reshape(len(prompts), len(data), -1)
+        out = np.empty((len(prompts), len(data), data.num_classes))
+        for i, rows in enumerate(self.parts[split]):
+            out[:, rows] = self._evaluate(prompts, split, i, "logits").reshape(len(prompts), len(rows), -1)
+        return out
 
     def close(self) -> None:
         from data_owner.client import ClusterError
@@ -158,36 +182,45 @@ class SecureOracle(LossOracle):
         self._guard(self.job.upload, name, ring)
         self.cost.bytes_sent += ring.nbytes * self.parties * (2 if self.job.suite == "3pc" else 1)
 
-    def _evaluate(self, prompts: np.ndarray, split: str, output: str) -> np.ndarray:
+    def _evaluate(self, prompts: np.ndarray, split: str, part: int, output: str) -> np.ndarray:
+        """One part of a split for all candidates: one request, or candidate groups under the cap."""
         data, loss = self.splits[split]
         prompts = check_prompts(prompts, data.prompt_length, data.embeds.shape[-1])
         if output == "losses" and loss is None:
             raise ValueError(f"split {split!r} was uploaded without labels")
+        rows = self.parts[split][part]
+        T = int(data.attention_mask[rows].sum(1).max())
+        name = f"{split}.p{part}"
         params = TuningParams(
-            split=split,
+            split=name,
             output=output,
             loss=loss or "ce",
             head=self.head,
-            mask=data.attention_mask.tolist(),
-            mask_positions=data.mask_pos.tolist() if self.head == "mlm" else None,
+            mask=data.attention_mask[rows, :T].tolist(),
+            mask_positions=data.mask_pos[rows].tolist() if self.head == "mlm" else None,
             label_words=self.word_ids,
             anchor_mask=self.anchor_mask,
             scale=self.config.similarity_scale,
             attention=self.config.attention,
             features=self.config.features,
         )
-        t0 = time.perf_counter()
-        self._upload("prompts", prompts)
-        inputs = [f"{split}.x", "prompts"] + ([f"{split}.y"] if output == "losses" else [])
+        inputs = [f"{name}.x", "prompts"] + ([f"{name}.y"] if output == "losses" else [])
         if self.anchor_mask is not None:
             inputs.append("anchors.x")
-        self._guard(self.job.evaluate, inputs, params)
-        value = self._guard(self.job.reveal_float, output)
-        self.cost.bytes_received += value.size * 8 * self.parties * (2 if self.job.suite == "3pc" else 1)
-        self.cost.rounds += 1
+        cap = self.config.max_sequences
+        group = len(prompts) if not cap else max(1, cap // len(rows))
+        values = []
+        t0 = time.perf_counter()
+        for g in range(0, len(prompts), group):
+            self._upload("prompts", prompts[g : g + group])
+            self._guard(self.job.evaluate, inputs, params)
+            value = self._guard(self.job.reveal_float, output)
+            self.cost.bytes_received += value.size * 8 * self.parties * (2 if self.job.suite == "3pc" else 1)
+            self.cost.rounds += 1
+            values.append(np.asarray(value, dtype=np.float64))
         self.cost.seconds += time.perf_counter() - t0
         self._server_traffic()
-        return np.asarray(value, dtype=np.float64)
+        return np.concatenate(values, axis=0)
 
     def _server_traffic(self) -> None:
         """Peer bytes (all participants) and online rounds (the busiest party) of this job so far."""
