@@ -203,8 +203,17 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
 @handle_errors
 def resume(run: Path, as_json: bool, quiet: bool) -> None:
     """Continue RUN from its last checkpoint (after a crash or Ctrl-C)."""
+    from data_owner.checkpoint import load_checkpoint
+    from data_owner.report import write_report
+    from data_owner.runfolder import CHECKPOINT, RunFolder
     from data_owner.tuner import Tuner
 
+    folder = RunFolder(run)
+    folder.read_config()  # a clear error for a folder that is not a run
+    if load_checkpoint(folder.file(CHECKPOINT)).get("finished"):
+        _err_console().print(f"{run} has finished already; nothing to resume", highlight=False)
+        emit(write_report(folder), as_json, f"run {run}")
+        return
     result = run_with_progress(lambda cb: Tuner.resume(run, on_progress=cb), quiet)
     emit(result, as_json, f"run {run}")
 

@@ -194,3 +194,5 @@ def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(tiny, tmp_path: Pa
     for key in ("best_dev", "best_dev_loss", "best_train_loss", "best_calls", "calls", "status"):
         assert a[key] == b[key], key
     assert (run / "prompt.npy").read_bytes() == (tmp_path / "ref" / "prompt.npy").read_bytes()
+    res = invoke(["resume", str(run)])
+    assert res.exit_code == 0 and "finished already" in res.stderr
