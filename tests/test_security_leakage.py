@@ -1,0 +1,268 @@
+"""Leakage checks: what a server receives during a real secure computation does not depend on the secret.
+
+Issue #4, item 3 (first part).  tests/test_suites.py already shows that shares and opened values of ONE
+fixed secret look uniform; here the question is the one the threat model asks: can a server tell TWO
+secrets apart from its view?  The same workload (product and truncation, ReLU via msb, exp, reciprocal,
+rsqrt, log, GELU via trig, softmax: every protocol family a tuning forward pass uses) runs twice through
+the in-process transport, once with every element of the secret equal to ``A`` and once equal to ``B``,
+and each participant's view is recorded: its own input share, every message it receives (split into
+per-element parts), every opened value (what it sent plus what it received on the same step) and every
+received message plus its own share (what a "debug echo" of a peer's share would give away).  Any
+function of a view must have the same distribution for both secrets (simulation-based security), so for
+each such sample the test runs
+
+* a two-sample Kolmogorov-Smirnov test on the values read as signed integers of their width, and
+* two-sample chi-square tests of homogeneity on the top byte and on the low byte (256 bins each).
+
+Significance: family-wise ``ALPHA`` = 1e-3 with Bonferroni over all statistics of one run, so an honest
+run fails about once in a thousand runs.  Power: with n samples per side the KS test at the per-statistic
+level rejects any CDF difference above c sqrt(2/n) (reported as ``detectable_ks``).  Two deliberately
+leaky controls run through the SAME check and must be caught, so the check can fail: a PRG that draws
+24-bit masks instead of uniform ring elements, and a compute party that echoes its input share to a peer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from security_report import record, scale
+from test_suites import RecordingTransport, chi2_sf
+
+from mpc_core import functions as fn
+from mpc_core.context import Context
+from mpc_core.prg import PRG
+from mpc_core.runtime import run_parties
+from mpc_core.tensor import SharedTensor
+
+pytestmark = pytest.mark.security
+
+ALPHA = 1e-3
+SECRETS = (0.75, -3.5)  # different signs (msb), magnitudes and octaves (reciprocal, rsqrt, log)
+ROW = 4  # softmax row length
+
+
+# ---------------------------------------------------------------------------------- statistics
+def ks_p_value(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(D, p) of the two-sample Kolmogorov-Smirnov test, asymptotic distribution (Numerical Recipes
+    14.3.3 with Stephens' small-sample correction); ties handled exactly by evaluating both empirical CDFs
+    at every distinct value.  For discrete data the p-value is conservative."""
+    a, b = np.sort(a), np.sort(b)
+    grid = np.union1d(a, b)
+    cdf_a = np.searchsorted(a, grid, side="right") / a.size
+    cdf_b = np.searchsorted(b, grid, side="right") / b.size
+    d = float(np.max(np.abs(cdf_a - cdf_b)))
+    ne = math.sqrt(a.size * b.size / (a.size + b.size))
+    lam = (ne + 0.12 + 0.11 / ne) * d
+    if lam < 0.2:
+        return d, 1.0
+    total = sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
+    return d, float(min(1.0, max(0.0, 2 * total)))
+
+
+def homogeneity_p_value(a: np.ndarray, b: np.ndarray, bins: int = 256) -> float:
+    """Chi-square test that two samples of small integers (0..bins-1) come from one distribution."""
+    ca = np.bincount(a, minlength=bins).astype(np.float64)
+    cb = np.bincount(b, minlength=bins).astype(np.float64)
+    used = (ca + cb) > 0
+    if used.sum() < 2:
+        return 1.0
+    ra, rb = math.sqrt(b.size / a.size), math.sqrt(a.size / b.size)
+    stat = float((((ca * ra - cb * rb) ** 2)[used] / (ca + cb)[used]).sum())
+    return chi2_sf(stat, int(used.sum()) - 1)
+
+
+def signed_view(values: np.ndarray) -> np.ndarray:
+    """Ring elements of any unsigned width as signed integers (as float64, for the KS test)."""
+    v = np.asarray(values).ravel()
+    signed = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[v.dtype.itemsize]
+    return v.view(signed).astype(np.float64)
+
+
+def byte_views(values: np.ndarray) -> dict[str, np.ndarray]:
+    v = np.asarray(values).ravel()
+    width = 8 * v.dtype.itemsize
+    return {
+        "top byte": ((v >> v.dtype.type(width - 8)) & v.dtype.type(0xFF)).astype(np.int64),
+        "low byte": (v & v.dtype.type(0xFF)).astype(np.int64),
+    }
+
+
+@dataclass
+class Comparison:
+    """Every statistic of one run: (participant, sample name, test) -> (p-value, KS D or None)."""
+
+    samples: int
+    results: dict[tuple[int, str, str], tuple[float, float | None]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.results)
+
+    @property
+    def threshold(self) -> float:
+        return ALPHA / max(1, self.count)
+
+    def rejected(self) -> list[tuple[int, str, str, float]]:
+        return [(p, s, t, pv) for (p, s, t), (pv, _) in self.results.items() if pv < self.threshold]
+
+    def min_adjusted_p(self) -> float:
+        return min(1.0, min(pv for pv, _ in self.results.values()) * self.count)
+
+    def max_ks(self) -> float:
+        return max((d for _, d in self.results.values() if d is not None), default=0.0)
+
+    def detectable_ks(self, n: int) -> float:
+        """The smallest CDF difference the KS test rejects at the per-statistic level with n per side."""
+        c = math.sqrt(-math.log(self.threshold / 2) / 2)
+        return c * math.sqrt(2 / n)
+
+
+# ---------------------------------------------------------------------------------- views
+def workload(ctx: Context, x: SharedTensor) -> None:
+    """Every protocol family of the secure forward pass, on a secret vector; nothing is revealed."""
+    y = x * x  # Beaver product + exact truncation
+    fn.relu(x)  # msb (bit-decomposed carry tree) + product
+    fn.exp(x - 4.0)
+    fn.reciprocal(y + 1.0)
+    fn.rsqrt(y + 1.0)
+    fn.log(y + 1.0)
+    fn.gelu(x)  # trig: opened delta
+    fn.softmax(x.reshape(-1, ROW))
+
+
+def echo_share(ctx: Context, x: SharedTensor) -> None:
+    """Leaky control: the workload, then P1 'logs' its input share to P0 (a classic debugging leak)."""
+    workload(ctx, x)
+    if ctx.participant == 1:
+        ctx.send(0, x.data[-1])
+    elif ctx.participant == 0:
+        ctx.recv(1, x.data.shape[1:], x.data.dtype)
+
+
+class ViewRecorder(RecordingTransport):
+    """test_suites' recorder that also keeps the destination of every message sent (to pair openings)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.sent_to: list[tuple[int, np.ndarray]] = []
+
+    def send(self, to: int, tag: str, payload: np.ndarray) -> None:
+        self.sent_to.append((to, np.array(payload, copy=True)))
+        super().send(to, tag, payload)
+
+
+def parts(message: np.ndarray, n: int) -> list[np.ndarray]:
+    """A message as per-element samples: cut into n-element parts when it stacks several quantities."""
+    flat = np.asarray(message).ravel()
+    if flat.size > n and flat.size % n == 0:
+        return list(flat.reshape(-1, n))
+    return [flat]
+
+
+def views(secret: float, n: int, suite: str, program: Callable[[Context, SharedTensor], None]) -> dict:
+    """Per participant: name -> the sample it observes, for one run on a vector of n copies of ``secret``."""
+
+    def body(ctx: Context, x: SharedTensor) -> dict[str, np.ndarray]:
+        own = None if ctx.is_dealer else x.data.copy()
+        recorder = ViewRecorder(ctx.transport)
+        ctx.transport = recorder
+        program(ctx, x)
+        view: dict[str, np.ndarray] = {}
+        if own is not None:
+            for slot in range(own.shape[0]):
+                view[f"own share slot {slot}"] = own[slot].ravel()
+            own_sum = own.sum(axis=0, dtype=np.uint64).ravel()
+        for frm, messages in sorted(recorder.received.items()):
+            for i, message in enumerate(messages):
+                for j, part in enumerate(parts(message, n)):
+                    view[f"received from P{frm} #{i}.{j}"] = part
+                    if own is not None and part.dtype == np.uint64 and part.size == n:
+                        view[f"received from P{frm} #{i}.{j} + own share"] = part + own_sum
+        for i, (peer, sent) in enumerate(recorder.sent_to):
+            got = recorder.received.get(peer, [])
+            k = sum(1 for p, _ in recorder.sent_to[:i] if p == peer)
+            if k < len(got) and got[k].shape == sent.shape and got[k].dtype == sent.dtype:
+                opened = (sent.ravel() + got[k].ravel()).astype(sent.dtype)
+                for j, part in enumerate(parts(opened, n)):
+                    view[f"opened with P{peer} #{k}.{j}"] = part
+        return view
+
+    with np.errstate(over="ignore"):
+        return run_parties(suite, body, np.full(n, secret))
+
+
+def compare_views(suite: str, n: int, program=workload) -> tuple[Comparison, list]:
+    first, second = (views(s, n, suite, program) for s in SECRETS)
+    comparison = Comparison(samples=n)
+    for participant in range(3):
+        va, vb = first[participant], second[participant]
+        assert set(va) == set(vb), "the two runs must exchange the same messages (same shapes)"
+        for name in sorted(va):
+            a, b = va[name], vb[name]
+            d, p = ks_p_value(signed_view(a), signed_view(b))
+            comparison.results[(participant, name, "KS")] = (p, d)
+            bytes_b = byte_views(b)
+            for test, bytes_a in byte_views(a).items():
+                comparison.results[(participant, name, test)] = (
+                    homogeneity_p_value(bytes_a, bytes_b[test]),
+                    None,
+                )
+    return comparison, [first, second]
+
+
+def _report(comparison: Comparison) -> str:
+    return (
+        f"{comparison.count} statistics on {comparison.samples} elements per run; "
+        f"Bonferroni-adjusted min p = {comparison.min_adjusted_p():.3g}; "
+        f"max KS D = {comparison.max_ks():.4f} "
+        f"(detectable: D > {comparison.detectable_ks(comparison.samples):.4f})"
+    )
+
+
+# ---------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+def test_views_of_two_secrets_are_indistinguishable(suite: str) -> None:
+    n = scale(1 << 12, 1 << 15)
+    comparison, (first, _) = compare_views(suite, n)
+    rejected = comparison.rejected()
+    record(f"leakage: two secrets, {suite} views", comparison.count, len(rejected), note=_report(comparison))
+    print(f"\n{suite}: {_report(comparison)}")
+    # the check looked at real traffic: each compute party received messages and opened values
+    for participant in (0, 1) if suite == "2pc" else (0, 1, 2):
+        names = first[participant]
+        assert sum(k.startswith("received") for k in names) > 50 and any(
+            k.startswith("opened") for k in names
+        )
+    if suite == "2pc":  # the dealer receives nothing at all: its view holds no sample
+        assert first[2] == {}
+    assert not rejected, f"views depend on the secret: {rejected[:5]} ({_report(comparison)})"
+
+
+def _short_mask_ring(self: PRG, shape):
+    """A broken PRG: 24-bit masks (a 'random fixed-point number' instead of a uniform ring element)."""
+    return _ORIGINAL_RING(self, shape) >> np.uint64(40)
+
+
+_ORIGINAL_RING = PRG.ring
+
+
+@pytest.mark.parametrize(("suite", "leak"), [("2pc", "short masks"), ("3pc", "echoed share")])
+def test_the_check_catches_a_leaky_variant(monkeypatch, suite: str, leak: str) -> None:
+    """Negative controls through the same statistics: a check that cannot fail would prove nothing."""
+    n = scale(1 << 12, 1 << 15)
+    if leak == "short masks":
+        monkeypatch.setattr(PRG, "ring", _short_mask_ring)
+        comparison, _ = compare_views(suite, n)
+    else:
+        comparison, _ = compare_views(suite, n, echo_share)
+    rejected = comparison.rejected()
+    detected = bool(rejected)
+    record(f"leakage control: {leak} ({suite})", 1, 0 if detected else 1, note=_report(comparison))
+    print(f"\ncontrol {leak} ({suite}): {len(rejected)} statistics rejected; {_report(comparison)}")
+    assert detected, f"the leaky control ({leak}) went unnoticed: {_report(comparison)}"
+    if leak == "echoed share":  # caught where it leaks: P0's own share plus what P1 sent
+        assert any(p == 0 and "+ own share" in s for p, s, _, _ in rejected)
