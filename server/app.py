@@ -18,7 +18,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mpc_core.transport.grpc_transport import LinkSettings, network_shape
-from proto.api import party_pb2_grpc, peer_pb2_grpc
+from proto.api import party_pb2, peer_pb2
 from server.authz import Authorizer
 from server.config import ClusterConfig
 from server.jobs import JobManager, PeerChannels
@@ -26,6 +26,7 @@ from server.model_store import LoadedModel, load_model
 from server.party_service import PartyService
 from server.peer_service import PeerService
 from server.security import load_credentials, server_credentials, server_options, warn_insecure
+from server.wire import add_service
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ async def serve(
     server = grpc.aio.server(options=server_options(config.limits.max_message_bytes))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    party_pb2_grpc.add_PartyServicer_to_server(PartyService(manager, authz), server)
-    peer_pb2_grpc.add_PeerServicer_to_server(PeerService(manager, authz, settings), server)
+    add_service(server, party_pb2.DESCRIPTOR.services_by_name["Party"], PartyService(manager, authz))
+    add_service(server, peer_pb2.DESCRIPTOR.services_by_name["Peer"], PeerService(manager, authz, settings))
     try:
         if insecure:
             port = server.add_insecure_port(me.bind)

@@ -47,3 +47,13 @@ def unavailable(message: str) -> RpcError:
 
 def exhausted(message: str) -> RpcError:
     return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """A caller-supplied string as it may appear in a message: quoted and cut to ``limit`` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def shown_shape(shape: tuple[int, ...], limit: int = 9) -> str:
+    """A caller-supplied shape as it may appear in a message (at most ``limit`` dimensions shown)."""
+    return str(shape) if len(shape) <= limit else f"{shape[:limit]}... ({len(shape)} dimensions)"

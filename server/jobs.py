@@ -42,7 +42,16 @@ from mpc_core.transport.grpc_transport import (
     open_link,
 )
 from server.config import JOB_ID_PATTERN, TENSOR_NAME_PATTERN, ClusterConfig
-from server.errors import RpcError, exhausted, invalid, not_found, precondition, unavailable
+from server.errors import (
+    RpcError,
+    exhausted,
+    invalid,
+    not_found,
+    precondition,
+    shown,
+    shown_shape,
+    unavailable,
+)
 from server.execute import run_program, start_context
 from server.model_store import SLOTS, LoadedModel
 from server.programs import PlanError, Program, get_program
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 
 MAX_TOMBSTONES = 256
 MAX_NDIM = 8
+JOB_ID_RULE = "job ids are 1-64 characters from [A-Za-z0-9_.-], starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,8 @@ class JobManager:
 
     # ------------------------------------------------------------------ lookups
     def get(self, job_id: str) -> Job:
+        if not JOB_ID_PATTERN.match(job_id):  # checked first: a request's id is never echoed at length
+            raise invalid(f"malformed job id {shown(job_id)}: {JOB_ID_RULE}")
         job = self.jobs.get(job_id)
         if job is None:
             reason = self._tombstones.get(job_id)
@@ -151,17 +163,14 @@ class JobManager:
     # ------------------------------------------------------------------ open
     def open(self, job_id: str, spec: JobSpec) -> Job:
         if not JOB_ID_PATTERN.match(job_id):
-            raise invalid(
-                "job_id must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or digit"
-            )
+            raise invalid(f"malformed job_id {shown(job_id)}: {JOB_ID_RULE}")
         if job_id in self.jobs or job_id in self._tombstones:
             raise RpcError(
                 grpc.StatusCode.ALREADY_EXISTS, f"job id {job_id!r} was already used on this server"
             )
         if spec.suite != self.config.suite:
-            raise invalid(
-                f"this cluster runs suite {self.config.suite}, the job asks for {spec.suite or '(none)'}"
-            )
+            asked = shown(spec.suite) if spec.suite else "(none)"
+            raise invalid(f"this cluster runs suite {self.config.suite}, the job asks for {asked}")
         if spec.frac_bits != self.config.frac_bits:
             raise invalid(
                 f"this cluster uses {self.config.frac_bits} fractional bits, the job {spec.frac_bits}"
@@ -214,7 +223,8 @@ class JobManager:
             raise invalid(f"shares are uint64 ring elements (dtype '<u8'), got dtype {dtype[:16]!r}")
         if not 2 <= len(shape) <= MAX_NDIM + 1 or any(d < 1 for d in shape):
             raise invalid(
-                f"a share needs a slot axis and 1 to {MAX_NDIM} positive dimensions, got shape {shape}"
+                f"a share needs a slot axis and 1 to {MAX_NDIM} positive dimensions, "
+                f"got shape {shown_shape(shape)}"
             )
         if shape[0] != self.slots:
             raise invalid(
@@ -256,7 +266,7 @@ class JobManager:
             if not TENSOR_NAME_PATTERN.match(name):
                 raise invalid("input names must be 1-64 characters from [A-Za-z0-9_.-]")
             if not 1 <= len(shape) <= MAX_NDIM or any(d < 1 for d in shape):
-                raise invalid(f"input {name!r} has an invalid shape {shape}")
+                raise invalid(f"input {name!r} has an invalid shape {shown_shape(shape)}")
             if not self.is_dealer:
                 share = job.uploads.get(name)
                 if share is None:
@@ -450,7 +460,7 @@ class JobManager:
             latest = "none yet" if job.result is None else str(job.result.batch)
             raise not_found(f"job {job.job_id!r} has no results for batch {batch} (latest batch: {latest})")
         if name not in job.result.shares:
-            raise not_found(f"batch {batch} of job {job.job_id!r} has no output {name!r}")
+            raise not_found(f"batch {batch} of job {job.job_id!r} has no output {shown(name)}")
         return job.result.shares[name], job.result.outputs[name][1]
 
     def close(self, job_id: str) -> None:

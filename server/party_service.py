@@ -19,8 +19,9 @@ from proto.api import party_pb2, party_pb2_grpc
 from proto.shares import ShareAssembler, ShareStreamError, share_chunks
 from server.authz import Authorizer
 from server.errors import RpcError, invalid
-from server.jobs import JobManager, JobSpec
+from server.jobs import JobManager, JobSpec, shown
 from server.programs import PROGRAMS
+from server.wire import MalformedMessage
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ def _guard(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
+            if isinstance(request, MalformedMessage):
+                self.authz.data_owner(context)
+                raise request.error()
             return await method(self, request, context)
         except RpcError as exc:
             await context.abort(exc.code, exc.message)
@@ -85,6 +89,8 @@ class PartyService(party_pb2_grpc.PartyServicer):
             assembler: ShareAssembler | None = None
             job = None
             async for chunk in request_iterator:
+                if isinstance(chunk, MalformedMessage):
+                    raise chunk.error()
                 if assembler is None:
                     if not chunk.HasField("header"):
                         raise invalid("the first upload chunk must carry a header")
@@ -117,7 +123,7 @@ class PartyService(party_pb2_grpc.PartyServicer):
         inputs: dict[str, tuple[int, ...]] = {}
         for info in request.inputs:
             if info.name in inputs:
-                raise invalid(f"input {info.name!r} is declared twice")
+                raise invalid(f"input {shown(info.name)} is declared twice")
             inputs[info.name] = _shape(info.shape)
         params, outputs = self.manager.plan(job, request.batch, inputs, request.params_json)
         start = time.perf_counter()
@@ -135,6 +141,8 @@ class PartyService(party_pb2_grpc.PartyServicer):
     async def FetchResult(self, request, context):  # noqa: N802 - gRPC's name
         try:
             self.authz.data_owner(context)
+            if isinstance(request, MalformedMessage):
+                raise request.error()
             job = self.manager.get(request.job_id)
             share, scale = self.manager.fetch(job, request.batch, request.name)
         except RpcError as exc:

@@ -20,6 +20,7 @@ from server.authz import Authorizer
 from server.config import JOB_ID_PATTERN
 from server.errors import RpcError, invalid
 from server.jobs import JobManager
+from server.wire import MalformedMessage
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                 first = await asyncio.wait_for(context.read(), timeout)
             except TimeoutError:
                 raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {timeout:g} s") from None
+            if isinstance(first, MalformedMessage):
+                raise first.error()
             if first is grpc.aio.EOF or not first.HasField("hello"):
                 raise invalid("a peer stream must start with a hello frame")
             hello = first.hello

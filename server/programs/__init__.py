@@ -7,6 +7,7 @@ the shared encoder that the data owner's tuning loop calls.
 
 from __future__ import annotations
 
+from server.errors import shown
 from server.programs.base import NoParams, PlanError, Program
 from server.programs.builtin import BUILTIN
 
@@ -24,7 +25,7 @@ def get_program(name: str) -> Program:
     try:
         return PROGRAMS[name]
     except KeyError:
-        raise PlanError(f"unknown program {name!r}; this server runs {sorted(PROGRAMS)}") from None
+        raise PlanError(f"unknown program {shown(name)}; this server runs {sorted(PROGRAMS)}") from None
 
 
 __all__ = ["PROGRAMS", "NoParams", "PlanError", "Program", "get_program"]
