@@ -24,6 +24,9 @@ from server.wire import MalformedMessage
 
 log = logging.getLogger(__name__)
 
+#: How :class:`~mpc_core.transport.grpc_transport.PeerLink` names a link closed for malformed frames.
+MALFORMED_PREFIX = "malformed traffic"
+
 
 class PeerService(peer_pb2_grpc.PeerServicer):
     def __init__(self, manager: JobManager, authz: Authorizer, settings: LinkSettings) -> None:
@@ -68,6 +71,14 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             self.manager.link_failed_from_handler(hello.job_id, peer, f"participant {peer} disconnected")
             link.close(f"participant {peer} disconnected", notify=False)
             raise
+        reason = link.closed_reason or ""
+        if reason.startswith(MALFORMED_PREFIX):
+            # The caller sent frames that are not a well-formed tensor stream: say so in the status
+            # (otherwise the call would end OK after the job was aborted here).
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"job {hello.job_id!r} aborted on participant {self.manager.me}: {reason}",
+            )
 
     def _on_failure(self, job_id: str):
         def failed(peer: int, reason: str) -> None:
