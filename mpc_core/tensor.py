@@ -11,6 +11,7 @@ array is an exact ring integer.  Nothing here ever decodes a share: :meth:`revea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -223,9 +224,17 @@ class SharedTensor:
         return self._like(self.ctx.suite.truncate(self.data, bits))
 
     # ------------------------------------------------------------------ kernels
-    def msb(self) -> SharedTensor:
-        """Ring-integer shares of [x < 0]."""
-        return self._like(self.ctx.suite.msb(self.data), 0)
+    def msb(self, bound: float | None = None, resolution: float | None = None) -> SharedTensor:
+        """Ring-integer shares of [x < 0], exact (|x| < 2^(63 - f)).
+
+        A caller that knows |x| < ``bound`` and can accept x in [0, ``resolution``) reading as negative
+        gets a cheaper comparison: only the bits from ``resolution`` up to ``bound`` enter the carry tree
+        (e.g. 14 instead of 63 for bound 240 and resolution 2^-6).  Outside the bound the bit is garbage.
+        """
+        if bound is None and resolution is None:
+            return self._like(self.ctx.suite.msb(self.data), 0)
+        low_bit, sign_bit = msb_window(self.scale, bound, resolution)
+        return self._like(self.ctx.suite.msb(self.data, low_bit, sign_bit), 0)
 
     def trig(self, period: float, harmonics: Sequence[int]) -> tuple[list[SharedTensor], list[SharedTensor]]:
         """cos(2 pi k x / period) and sin(...) for each k, in one round.
@@ -271,6 +280,26 @@ class SharedTensor:
 
     def __repr__(self) -> str:
         return f"SharedTensor(suite={self.ctx.suite.name}, shape={self.shape}, scale={self.scale})"
+
+
+def msb_window(scale: int, bound: float | None, resolution: float | None) -> tuple[int, int]:
+    """(low_bit, sign_bit) of the cheapest msb window that is exact for |x| < bound down to resolution.
+
+    Values at ``scale`` fractional bits; the window must satisfy |x| 2^scale < 2^sign_bit - 2^low_bit.
+    """
+    low_bit = 0
+    if resolution is not None:
+        if not resolution > 0:
+            raise ValueError("msb resolution must be positive")
+        low_bit = max(0, scale + math.floor(math.log2(resolution)))
+    if bound is None:
+        return low_bit, 63
+    if not bound > 0:
+        raise ValueError("msb bound must be positive")
+    sign_bit = max(low_bit + 1, math.ceil(math.log2(bound * 2.0**scale + 2.0**low_bit + 1)))
+    if sign_bit > 63:
+        raise ValueError(f"msb bound {bound} does not fit the ring at scale {scale}")
+    return low_bit, sign_bit
 
 
 def _local_matmul(data: np.ndarray, public: np.ndarray) -> np.ndarray:

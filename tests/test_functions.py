@@ -356,6 +356,21 @@ def test_max_and_argmax_exact(suite: str, shape: tuple[int, ...], axis: int) -> 
     np.testing.assert_array_equal(am, onehot.astype(float))
 
 
+def test_near_max_is_an_entry_within_its_resolution(suite: str) -> None:
+    """max(spread=, resolution=): an entry of the row, within ceil(log2 n) resolution of the max."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-100, 100, size=(6, 64))
+    x[0] = 3.0 + rng.uniform(0, 2.0**-6, 64)  # entries closer than the resolution: any of them may win
+    x[1, :32] = -120.0  # a row spread of 240 minus a little
+    x[1, 32:] = 119.9
+    xe = enc(x)
+    got = secure(suite, lambda t: fn.max(t, spread=240.0, resolution=2.0**-6), x)
+    for row, value in zip(xe, got, strict=True):
+        assert value in row
+    assert np.all(got <= xe.max(axis=-1))
+    assert np.all(got >= xe.max(axis=-1) - 6 * 2.0**-6)
+
+
 def test_where_rejects_fixed_point_bits(suite: str) -> None:
     with pytest.raises(ValueError, match="ring-integer bits"):
         run_parties(suite, lambda ctx, t: fn.where(t, 1.0, 0.0), np.array([1.0]))

@@ -413,6 +413,46 @@ def test_msb_communication(suite: str) -> None:
 
 
 @pytest.mark.parametrize("suite", SUITES)
+def test_windowed_msb_is_the_sign_within_its_bound(suite: str) -> None:
+    """msb(bound, resolution): [x < 0] for |x| < bound, except that x in [0, resolution) may read 1.
+
+    Raw values right at the window's edges (one ulp inside the bound, just below and above the resolution,
+    zero, -1 ulp) plus random ones; exact msb of the same tensor for comparison.
+    """
+    bound, resolution = 240.0, 2.0**-6
+    ulp = 2.0**-16
+    edges = [239.99, -239.99, resolution, resolution - ulp, ulp, 0.0, -ulp, -resolution, 1.0, -1.0]
+    x = np.concatenate([edges, np.random.default_rng(3).uniform(-bound, bound, 500)])
+
+    def program(ctx: Context, X: SharedTensor):
+        return X.msb(bound, resolution).reveal(), X.msb().reveal()
+
+    windowed, exact = run_parties(suite, program, x)[0]
+    xe = np.round(x * 2**16) / 2**16
+    np.testing.assert_array_equal(exact, (xe < 0).astype(float))
+    ambiguous = (xe >= 0) & (xe < resolution)
+    np.testing.assert_array_equal(windowed[~ambiguous], (xe[~ambiguous] < 0).astype(float))
+    assert set(np.unique(windowed[ambiguous])) <= {0.0, 1.0}
+
+
+def test_windowed_msb_costs_fewer_bits() -> None:
+    """Window (10, 24) for bound 240 and resolution 2^-6: 14 carry bits; 14 ANDs for the g_i, then merges
+    14 -> 7 -> 4 -> 2 -> 1 (two ANDs per pair, one for the last): 5 AND rounds and the conversion."""
+    x = np.linspace(-5.0, 5.0, 64)
+
+    def program(ctx: Context, X: SharedTensor):
+        with ctx.op("msb"):
+            X.msb(240.0, 2.0**-6)
+        return op_stats(ctx, "msb")
+
+    res = run_parties("2pc", program, x)
+    levels = [14, 14, 6, 4, 1]
+    assert res[0] == (sum(-(-2 * k * x.size // 8) for k in levels) + x.size, 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        run_parties("2pc", lambda ctx, X: X.msb(2.0**50), x)
+
+
+@pytest.mark.parametrize("suite", SUITES)
 def test_input_and_reveal_communication(suite: str) -> None:
     value = np.ones((2, 5))
 

@@ -71,25 +71,36 @@ def maximum(x: SharedTensor, y: Operand) -> SharedTensor:
         return d * (1 - d.msb()) + y
 
 
-def _pairwise_max(x: SharedTensor) -> SharedTensor:
+def _pairwise_max(x: SharedTensor, spread: float | None, resolution: float | None) -> SharedTensor:
     """One tree level along the last axis: max of (x[2i], x[2i+1]); an odd last element passes through."""
     n = x.shape[-1]
     left, right = x[..., 0 : n - 1 : 2], x[..., 1:n:2]
     d = left - right
-    best = d * (1 - d.msb()) + right
+    best = d * (1 - d.msb(spread, resolution)) + right
     if n % 2:
         best = SharedTensor.concatenate([best, x[..., n - 1 :]], axis=-1)
     return best
 
 
-def max(x: SharedTensor, axis: int = -1, keepdims: bool = False) -> SharedTensor:
+def max(
+    x: SharedTensor,
+    axis: int = -1,
+    keepdims: bool = False,
+    spread: float | None = None,
+    resolution: float | None = None,
+) -> SharedTensor:
     """Maximum along ``axis`` by a pairwise tree: ceil(log2 n) levels, each one msb and one product
-    (9 rounds per level in 2pc, 10 in 3pc), n - 1 comparisons in all.  Exact.
+    (9 rounds per level in 2pc, 10 in 3pc), n - 1 comparisons in all.  Exact by default.
+
+    Near-max for bounded rows: when every row's max - min is below ``spread`` the comparisons need only
+    the bits between ``resolution`` and ``spread`` (:meth:`SharedTensor.msb`); a level may then keep the
+    smaller of two entries that differ by less than ``resolution``, so the result is an entry of the row
+    within ceil(log2 n) * resolution of its max.  Rows wider than ``spread`` give garbage.
     """
     with x.ctx.op("max"):
         moved = x.swapaxes(axis, -1)
         while moved.shape[-1] > 1:
-            moved = _pairwise_max(moved)
+            moved = _pairwise_max(moved, spread, resolution)
         out = moved.swapaxes(axis, -1)
         kept = tuple(s for i, s in enumerate(out.shape) if i != axis % x.ndim)
         return out if keepdims else out.reshape(kept)

@@ -100,5 +100,5 @@ class Additive2PC(Suite):
         out = self.core.fourier(data[0], period_bits, harmonics, cos_coeffs, sin_coeffs, frac_bits, pairs)
         return out[None]
 
-    def msb(self, data: np.ndarray) -> np.ndarray:
-        return self.core.msb(data[0])[None]
+    def msb(self, data: np.ndarray, low_bit: int = 0, sign_bit: int = 63) -> np.ndarray:
+        return self.core.msb(data[0], low_bit, sign_bit)[None]

@@ -115,5 +115,9 @@ class Suite(ABC):
         """
 
     @abstractmethod
-    def msb(self, data: np.ndarray) -> np.ndarray:
-        """Shares (as ring integers 0 or 1) of the most significant bit of x: 1 iff x < 0 (signed)."""
+    def msb(self, data: np.ndarray, low_bit: int = 0, sign_bit: int = 63) -> np.ndarray:
+        """Shares (as ring integers 0 or 1) of the most significant bit of x: 1 iff x < 0 (signed).
+
+        With a window, bit ``sign_bit`` of x / 2^low_bit (carries from below ``low_bit`` ignored): [x < 0]
+        for |x| < 2^sign_bit - 2^low_bit, except that x in [0, 2^low_bit) may read as negative.
+        """

@@ -212,6 +212,6 @@ class Replicated3PC(Suite):
         (converted,) = self._from_2of2([out])
         return converted
 
-    def msb(self, data: np.ndarray) -> np.ndarray:
-        (bit,) = self._from_2of2([self.core.msb(self._to_2of2(data))])
+    def msb(self, data: np.ndarray, low_bit: int = 0, sign_bit: int = 63) -> np.ndarray:
+        (bit,) = self._from_2of2([self.core.msb(self._to_2of2(data), low_bit, sign_bit)])
         return bit

@@ -259,7 +259,7 @@ class TwoPartyCore:
         own_c = c if self.role == 0 else np.zeros_like(c)
         return own_c + r_arith - (c << _ONE) * r_arith
 
-    def msb(self, x: np.ndarray) -> np.ndarray:
+    def msb(self, x: np.ndarray, low_bit: int = 0, sign_bit: int = 63) -> np.ndarray:
         """Additive shares of the sign bit of x = x0 + x1 (mod 2^64), by a carry tree on packed bits.
 
         msb(x) = x0[63] ^ x1[63] ^ c, with c the carry into bit 63 when adding the low 63 bits of the two
@@ -268,8 +268,16 @@ class TwoPartyCore:
         P_hi P_lo) (XOR is OR here: a block cannot both generate and propagate), two ANDs per merge.
         63 + 2 * 62 = 187 bit ANDs in 1 + 6 rounds, each opening two bits per party (packed), then one round
         to convert the bit: eight rounds, about 47 bytes per element per party.
+
+        A window (``low_bit``, ``sign_bit``) reads bit ``sign_bit`` of floor(x0 / 2^low) + floor(x1 / 2^low)
+        instead: that sum is floor(x / 2^low) or one less, so for |x| < 2^sign_bit - 2^low_bit the bit is
+        [x < 0] except that x in [0, 2^low_bit) may read as negative.  A comparison whose operands are known
+        to be close (a softmax row) then needs sign_bit - low_bit bits of carry instead of 63.
         """
-        own = ((x[None, ...] >> _BIT_POSITIONS.reshape((-1,) + (1,) * x.ndim)) & _ONE).astype(np.uint8)
+        if not 0 <= low_bit < sign_bit <= 63:
+            raise ValueError(f"msb window needs 0 <= low_bit < sign_bit <= 63, got ({low_bit}, {sign_bit})")
+        positions = _BIT_POSITIONS[low_bit:sign_bit]
+        own = ((x[None, ...] >> positions.reshape((-1,) + (1,) * x.ndim)) & _ONE).astype(np.uint8)
         zero = np.zeros_like(own)
         left, right = (own, zero) if self.role == 0 else (zero, own)
         if self.is_dealer:
@@ -292,7 +300,8 @@ class TwoPartyCore:
                 g_merged = np.concatenate([g_merged, g[-1:]])
                 p_merged = np.concatenate([p_merged, p[-1:]])
             g, p = g_merged, p_merged
-        top = (x >> np.uint64(63)).astype(np.uint8) if not self.is_dealer else np.zeros(x.shape, np.uint8)
+        top = (x >> np.uint64(sign_bit)) & _ONE
+        top = top.astype(np.uint8) if not self.is_dealer else np.zeros(x.shape, np.uint8)
         sign = (top ^ g[0]).astype(RING_DTYPE)
         return self.bit_to_arith(sign)
 

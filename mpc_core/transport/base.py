@@ -18,7 +18,7 @@ class ProtocolError(RuntimeError):
     """The participants disagree: a tag, shape, dtype or suite that does not match what was expected."""
 
 
-class TransportClosed(ConnectionError):
+class TransportClosed(ConnectionError):  # noqa: N818 - reads as a state, like ConnectionResetError's peers
     """The transport was shut down (a peer failed or the job was aborted)."""
 
 
