@@ -266,3 +266,135 @@ def test_the_check_catches_a_leaky_variant(monkeypatch, suite: str, leak: str) -
     assert detected, f"the leaky control ({leak}) went unnoticed: {_report(comparison)}"
     if leak == "echoed share":  # caught where it leaks: P0's own share plus what P1 sent
         assert any(p == 0 and "+ own share" in s for p, s, _, _ in rejected)
+
+
+# ------------------------------------------------------------------------------ what the model owner writes
+def independence_p_values(shares: list[np.ndarray], weights: list[np.ndarray]) -> dict[str, float]:
+    """p-values that a party's share words are independent of the weights they share, per tensor:
+
+    * correlation: the Pearson correlation r_t of the signed share with the weight inside each tensor t;
+      under independence n_t r_t^2 is chi-square with 1 degree of freedom, so their sum over tensors is
+      chi-square with one degree per tensor;
+    * contingency: the share's top 4 bits (16 rows) against the weight's quartile (4 columns), pooled over
+      all tensors, chi-square test of independence."""
+    stat, dof = 0.0, 0
+    for sh, w in zip(shares, weights, strict=True):
+        if w.size > 2 and np.std(w) > 0:
+            r = float(np.corrcoef(signed_view(sh), w)[0, 1])
+            stat, dof = stat + w.size * r * r, dof + 1
+    all_shares, all_weights = np.concatenate(shares), np.concatenate(weights)
+    rows = (all_shares >> np.uint64(60)).astype(np.int64)
+    cols = np.searchsorted(np.quantile(all_weights, [0.25, 0.5, 0.75]), all_weights, side="right")
+    table = np.zeros((16, 4))
+    np.add.at(table, (rows, cols), 1)
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    contingency = float(((table - expected) ** 2 / expected).sum())
+    table_dof = (table.shape[0] - 1) * (table.shape[1] - 1)
+    return {"correlation": chi2_sf(stat, dof), "contingency": chi2_sf(contingency, max(1, table_dof))}
+
+
+def party_views(out, party: int, names: list[str]) -> list[list[np.ndarray]]:
+    """What one party can look at, per tensor: each slot of its file and, in 3pc, the sum of its slots."""
+    from mpc_core.nn.weights import party_file_tensors
+
+    files = party_file_tensors(out, party)
+    slots = [[files[n][s].ravel() for n in names] for s in range(files[names[0]].shape[0])]
+    if len(slots) == 2:
+        slots.append([a + b for a, b in zip(*slots, strict=True)])
+    return slots
+
+
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+def test_one_share_file_is_independent_of_the_weights(tmp_path, suite: str) -> None:
+    """Each party's share of a weight is uncorrelated with (and independent of) the weight; a sharing that
+    reuses one mask per tensor (a plausible bug) is caught by the same statistics."""
+    from helpers_models import make_tiny_model
+
+    from model_owner.share import share_model
+    from mpc_core.nn.weights import load_checkpoint, split_public
+    from mpc_core.ring import FixedPoint
+
+    checkpoint = make_tiny_model(tmp_path / "ckpt", mlm=True)
+    out = tmp_path / "shared"
+    share_model(checkpoint, suite, out)
+    _, tensors = load_checkpoint(checkpoint)
+    _, secret = split_public(tensors)
+    names = sorted(secret)
+    weights = [np.asarray(secret[n], dtype=np.float64).ravel() for n in names]
+    stats: dict[str, float] = {}
+    for party in range(2 if suite == "2pc" else 3):
+        for i, words in enumerate(party_views(out, party, names)):
+            for test, p in independence_p_values(words, weights).items():
+                stats[f"P{party} view {i} {test}"] = p
+    threshold = ALPHA / len(stats)
+    failed = {k: p for k, p in stats.items() if p < threshold}
+    # control: the weights masked with ONE random ring element per tensor
+    rng = np.random.default_rng(5)
+    fp = FixedPoint()
+    reused = [fp.encode(w) - rng.integers(0, 2**63, dtype=np.uint64) for w in weights]
+    control = independence_p_values(reused, weights)
+    caught = min(control.values()) < threshold
+    count = sum(w.size for w in weights)
+    note = (
+        f"{count} weights in {len(weights)} tensors, min p = {min(stats.values()):.3g} "
+        f"(threshold {threshold:.1e}); "
+        f"control min p = {min(control.values()):.3g}"
+    )
+    record(f"share file alone vs weights ({suite})", len(stats), len(failed), note=note)
+    record(f"share file control: reused mask ({suite})", 1, 0 if caught else 1, note=note)
+    print(f"\n{suite}: {note}")
+    assert count > 20_000
+    assert not failed, failed
+    assert caught, control
+
+
+def test_the_public_folder_holds_only_the_embedding_layer_and_config(tmp_path) -> None:
+    """Nothing in public/ or the manifest carries a secret weight: only the embedding-layer tensors, the
+    config and tokenizer files are there, and no secret tensor's bytes (float32, float64, fixed point) or
+    decimal text appears in any file the model owner publishes."""
+    from helpers_models import make_tiny_model
+    from safetensors.numpy import load_file
+
+    from model_owner.share import TOKENIZER_FILES, share_model
+    from mpc_core.nn.weights import is_public, load_checkpoint, split_public
+    from mpc_core.ring import FixedPoint
+
+    checkpoint = make_tiny_model(tmp_path / "ckpt", mlm=True)
+    out = tmp_path / "shared"
+    share_model(checkpoint, "2pc", out)
+    public_dir = out / "public"
+    files = {p.name for p in public_dir.iterdir()}
+    assert (
+        files <= {"config.json", "embeddings.safetensors", *TOKENIZER_FILES}
+        and "embeddings.safetensors" in files
+    )
+    published = load_file(str(public_dir / "embeddings.safetensors"))
+    _, tensors = load_checkpoint(checkpoint)
+    public, secret = split_public(tensors)
+    assert set(published) == set(public) and all(is_public(k) for k in published)
+    blobs = {p.name: p.read_bytes() for p in public_dir.iterdir()}
+    blobs["manifest.json"] = (out / "manifest.json").read_bytes()
+    fp = FixedPoint()
+    hits, probes = [], 0
+    for name, value in secret.items():
+        row = np.asarray(value, dtype=np.float64).reshape(-1)[:8]
+        patterns = {
+            "float32": row.astype(np.float32).tobytes(),
+            "float64": row.tobytes(),
+            "fixed point": fp.encode(row).tobytes(),
+            "decimal": repr(float(np.float32(row[0]))).encode(),
+        }
+        for kind, pattern in patterns.items():
+            probes += 1
+            hits += [f"{name} ({kind}) in {file}" for file, blob in blobs.items() if pattern in blob]
+    # control: the same search does find the public embeddings in the public file
+    word = np.asarray(public["emb.word"]).reshape(-1)[:8].astype(np.float32).tobytes()
+    assert word in blobs["embeddings.safetensors"]
+    record(
+        "public folder and manifest vs secret weights",
+        probes * len(blobs),
+        len(hits),
+        note=", ".join(sorted(files)),
+    )
+    assert not hits, hits[:5]
