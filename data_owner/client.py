@@ -209,10 +209,10 @@ class ClusterClient:
             raise
         return RemoteJob(self, job_id, program)
 
-    def _close_quietly(self, job_id: str, participants: Iterable[int]) -> None:
+    def _close_quietly(self, job_id: str, participants: Iterable[int], timeout_s: float = 5.0) -> None:
         for p in participants:
             with contextlib.suppress(grpc.RpcError):
-                self._unary("CloseJob", party_pb2.JobRef(job_id=job_id), 5.0)(p)
+                self._unary("CloseJob", party_pb2.JobRef(job_id=job_id), timeout_s)(p)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -39,9 +39,11 @@ from data_owner.oracle import LossOracle, check_prompts
 from data_owner.task import Head, TaskSpec
 
 if TYPE_CHECKING:
+    from data_owner.client import ClusterError
     from data_owner.config import RunConfig
 
 TUNING_PROGRAM = "prompt_tuning"
+CLOSE_AFTER_FAILURE_S = 1.0
 
 
 class TuningParams(BaseModel):
@@ -86,6 +88,7 @@ class SecureOracle(LossOracle):
         self.anchor_mask = None if anchors is None else anchors[1].tolist()
         self.splits: dict[str, tuple[EncodedSplit, str | None]] = {}
         self.parts: dict[str, list[np.ndarray]] = {}
+        self.failure: ClusterError | None = None  # the first failed call: close() then skips dead servers
         if anchors is not None:
             self._upload("anchors.x", anchors[0])
 
@@ -167,10 +170,17 @@ class SecureOracle(LossOracle):
         return out
 
     def close(self) -> None:
+        """Close the job everywhere.  After a cluster failure, only where a server still answers, and
+        without waiting: the others dropped the job already (an abort reaches every peer), and a server
+        that is paused or gone would hold the data owner's error back for another full call deadline."""
         from data_owner.client import ClusterError
 
         try:
-            self.job.close()
+            if self.failure is None:
+                self.job.close()
+            else:
+                reachable = [p for p in self.job.client.participants if p not in self.failure.unreachable]
+                self.job.client._close_quietly(self.job.job_id, reachable, timeout_s=CLOSE_AFTER_FAILURE_S)
         except ClusterError:
             pass
         finally:
@@ -236,4 +246,5 @@ class SecureOracle(LossOracle):
         try:
             return fn(*args)
         except ClusterError as exc:
+            self.failure = exc
             raise ClusterUnavailableError(f"the cluster failed: {exc}") from exc
