@@ -39,6 +39,7 @@ from server.security import channel_credentials, channel_options, identity_metad
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 2.0
+CALL_THREADS = 32
 
 
 class ClusterError(RuntimeError):
@@ -117,7 +118,10 @@ class ClusterClient:
             )
             self._channels[party.participant] = channel
             self._stubs[party.participant] = party_pb2_grpc.PartyStub(channel)
-        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="cluster-client")
+        # One thread per call and participant: several calls from different threads (an evaluation
+        # running while another thread polls status or evaluates another job) must not queue behind
+        # each other; with 6 threads two concurrent evaluations blocked every other call until done.
+        self._pool = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="cluster-client")
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> ClusterClient:

@@ -2,8 +2,10 @@
 
 ``serve`` runs on an asyncio event loop (gRPC's asyncio API: about 0.33 ms per round trip on a long-lived
 stream here, half the synchronous API's); each job's computation runs in a worker thread.  SIGTERM or
-SIGINT stop it gracefully: health turns NOT_SERVING, every open job is aborted (peers are told), and
-the server stops after a short grace period.
+SIGINT stop it gracefully: health turns NOT_SERVING, new jobs, uploads and batches are refused, running
+batches get ``limits.shutdown_grace_s`` to finish (and their results to be fetched), then every open job
+is aborted (peers are told why; the log names each job and whether it finished or was aborted), and the
+server stops after a short grace period.
 """
 
 from __future__ import annotations
@@ -122,8 +124,9 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        log.info("%s stopping: aborting %d open job(s)", me.name, len(manager.jobs))
+        log.info("%s stopping: %d open job(s)", me.name, len(manager.jobs))
         await health_servicer.enter_graceful_shutdown()
+        await manager.drain(config.limits.shutdown_grace_s)
         manager.shutdown("the server is shutting down")
         reaper.cancel()
         await asyncio.sleep(0.2)  # let the abort frames reach the peers

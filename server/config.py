@@ -91,7 +91,19 @@ class Limits(_Strict):
     max_job_bytes: int = Field(default=16 * GiB, ge=1, description="all shares uploaded to one job")
     max_peer_tensor_bytes: int = Field(default=16 * GiB, ge=1, description="one tensor from a peer")
     max_inputs: int = Field(default=64, ge=1, description="named uploads per job")
-    max_jobs: int = Field(default=8, ge=1)
+    max_jobs: int = Field(default=8, ge=1, description="open jobs on one server")
+    max_server_bytes: int = Field(
+        default=32 * GiB, ge=1, description="all jobs' uploaded shares on one server, stored and in flight"
+    )
+    max_memory_bytes: int | None = Field(
+        default=None,
+        ge=16 * MiB,
+        description="resident memory above which a server refuses new jobs, uploads and batches "
+        "(default: 90% of the machine's memory)",
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0, ge=0, description="on SIGTERM, how long running batches may take to finish"
+    )
     max_params_bytes: int = Field(default=64 * 1024, ge=2)
     call_deadline_s: float = Field(default=600.0, gt=0, description="data owner's deadline per call")
     connect_timeout_s: float = Field(default=20.0, gt=0, description="peer stream set-up")

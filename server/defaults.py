@@ -31,12 +31,15 @@ limits:
   max_job_bytes: 17179869184      # all uploads of one job
   max_peer_tensor_bytes: 17179869184
   max_inputs: 64
-  max_jobs: 8
+  max_jobs: 8                     # open jobs on one server
+  max_server_bytes: 34359738368   # all jobs' uploads on one server, stored and in flight
+  # max_memory_bytes: 8589934592  # refuse new work above this resident memory (default: 90% of RAM)
   max_params_bytes: 65536
   call_deadline_s: 600            # the data owner's deadline for each call
   connect_timeout_s: 20           # peer stream set-up
   peer_timeout_s: 300             # longest wait for one message from a peer
   job_idle_timeout_s: 3600        # a job untouched this long is dropped
+  shutdown_grace_s: 5             # SIGTERM: running batches get this long to finish, then are aborted
 
 network:
   profile: none            # none | lan (3 Gbps, 0.8 ms) | wan (100 Mbps, 80 ms) | custom

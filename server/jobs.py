@@ -55,6 +55,7 @@ from server.errors import (
 from server.execute import run_program, start_context
 from server.model_store import SLOTS, LoadedModel
 from server.programs import PlanError, Program, get_program
+from server.resources import ResourceGuard
 from server.seeding import MAX_TEST_SEED_BYTES
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Job:
     program: Program
     uploads: dict[str, np.ndarray] = field(default_factory=dict)
     upload_bytes: int = 0
+    in_flight_bytes: int = 0  # uploads being received (reserved against the limits until stored)
     next_batch: int = 0
     result: BatchResult | None = None
     running: bool = False
@@ -117,6 +119,7 @@ class Job:
     evaluate_seconds: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
     aborted: str | None = None
+    unfetched: set[str] = field(default_factory=set)  # outputs of the latest batch not fetched yet
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -146,6 +149,21 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self._tombstones: OrderedDict[str, str] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=config.limits.max_jobs, thread_name_prefix="job")
+        self.resources = ResourceGuard(config.limits, me)
+        self.stopping = False
+
+    def _accepting(self, what: str) -> None:
+        """Refuse new work once a shutdown has begun (running batches may still finish)."""
+        if self.stopping:
+            raise unavailable(
+                f"participant {self.me} is shutting down: it accepts no new {what} "
+                f"(running batches get {self.config.limits.shutdown_grace_s:g} s to finish)"
+            )
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of shares all jobs hold or are receiving."""
+        return sum(job.upload_bytes + job.in_flight_bytes for job in self.jobs.values())
 
     # ------------------------------------------------------------------ lookups
     def get(self, job_id: str) -> Job:
@@ -195,10 +213,11 @@ class JobManager:
                 )
             if len(spec.test_seed) > MAX_TEST_SEED_BYTES:
                 raise invalid(f"test_seed must be at most {MAX_TEST_SEED_BYTES} bytes")
+        self._accepting("jobs")
         if len(self.jobs) >= self.config.limits.max_jobs:
-            raise exhausted(
-                f"this server already runs {len(self.jobs)} jobs (limit {self.config.limits.max_jobs})"
-            )
+            limit = self.config.limits.max_jobs
+            raise exhausted(f"this server already runs {len(self.jobs)} jobs (limits.max_jobs = {limit})")
+        self.resources.check_memory("job")
         job = Job(job_id=job_id, spec=spec, digest=spec.digest(job_id), program=program)
         self.jobs[job_id] = job
         log.info("job %s opened: program %s", job_id, spec.program)
@@ -236,15 +255,34 @@ class JobManager:
             raise invalid(f"shape {shape} of uint64 needs {expected} bytes, the header declares {nbytes}")
         if nbytes > limits.max_upload_bytes:
             raise invalid(
-                f"a share of {nbytes} bytes exceeds the upload limit of {limits.max_upload_bytes} bytes"
+                f"a share of {nbytes} bytes exceeds the upload limit (limits.max_upload_bytes = "
+                f"{limits.max_upload_bytes})"
             )
+        self._accepting("uploads")
         replaced = job.uploads.get(name)
-        total = job.upload_bytes - (replaced.nbytes if replaced is not None else 0) + nbytes
+        total = (
+            job.upload_bytes + job.in_flight_bytes - (replaced.nbytes if replaced is not None else 0) + nbytes
+        )
         if total > limits.max_job_bytes:
-            raise invalid(f"the job's uploads would reach {total} bytes (limit {limits.max_job_bytes})")
+            raise exhausted(
+                f"the uploads of job {job_id!r} would reach {total} bytes (limits.max_job_bytes = "
+                f"{limits.max_job_bytes})"
+            )
         if replaced is None and len(job.uploads) >= limits.max_inputs:
-            raise invalid(f"a job holds at most {limits.max_inputs} named uploads")
+            raise exhausted(
+                f"job {job_id!r} already holds {len(job.uploads)} named uploads "
+                f"(limits.max_inputs = {limits.max_inputs})"
+            )
         return job
+
+    def reserve_upload(self, job: Job, nbytes: int) -> None:
+        """Count an accepted upload header against the server's limits until :meth:`release_upload`."""
+        self.resources.check_server_bytes(self.held_bytes, nbytes)
+        self.resources.check_memory("upload")
+        job.in_flight_bytes += nbytes
+
+    def release_upload(self, job: Job, nbytes: int) -> None:
+        job.in_flight_bytes = max(0, job.in_flight_bytes - nbytes)
 
     def store_upload(self, job: Job, name: str, share: np.ndarray) -> None:
         if job.aborted:
@@ -256,6 +294,7 @@ class JobManager:
     # ------------------------------------------------------------------ evaluate
     def plan(self, job: Job, batch: int, inputs: Mapping[str, tuple[int, ...]], params_json: str):
         """Validate an evaluation (no state changes): returns (params, output shapes)."""
+        self._accepting("batches")
         if job.running:
             raise precondition(f"job {job.job_id!r} is already evaluating batch {job.next_batch}")
         if batch != job.next_batch:
@@ -280,6 +319,7 @@ class JobManager:
             outputs = job.program.plan(dict(inputs), params, self.model)
         except PlanError as exc:
             raise invalid(str(exc)) from None
+        self.resources.check_memory("batch")
         return params, outputs
 
     async def evaluate(
@@ -327,6 +367,7 @@ class JobManager:
         if job.aborted:
             raise unavailable(f"job {job.job_id!r} aborted on participant {self.me}: {job.aborted}")
         job.result = result
+        job.unfetched = set(result.shares)
         job.next_batch = batch + 1
         job.evaluate_seconds += result.seconds
         job.touch()
@@ -463,6 +504,11 @@ class JobManager:
             raise not_found(f"batch {batch} of job {job.job_id!r} has no output {shown(name)}")
         return job.result.shares[name], job.result.outputs[name][1]
 
+    def fetched(self, job: Job, batch: int, name: str) -> None:
+        """A result was streamed to the data owner (a shutdown waits for the results of finished batches)."""
+        if job.result is not None and job.result.batch == batch:
+            job.unfetched.discard(name)
+
     def close(self, job_id: str) -> None:
         job = self.get(job_id)
         self._drop(job, "closed by the data owner", notify=True, graceful=True)
@@ -495,6 +541,7 @@ class JobManager:
                 waiter.cancel()
         job.uploads.clear()
         job.upload_bytes = 0
+        job.unfetched = set()
         job.result = None
         job.model_tensors = None
         job.state = {}
@@ -507,9 +554,46 @@ class JobManager:
             self.abort(job_id, f"idle for more than {limit:g} s")
         return stale
 
+    async def drain(self, grace_s: float, poll_s: float = 0.05) -> None:
+        """Begin a shutdown: refuse new work and give running batches up to ``grace_s`` to finish and
+        their results to be fetched.  Says in the log which jobs finished; :meth:`shutdown` aborts the rest.
+        """
+        self.stopping = True
+        running = {job.job_id: job.next_batch for job in self.jobs.values() if job.running}
+        if not running:
+            return
+        log.info(
+            "shutdown: waiting up to %g s for %d running batch(es): %s",
+            grace_s,
+            len(running),
+            ", ".join(f"job {j} batch {b}" for j, b in running.items()),
+        )
+        deadline = time.monotonic() + grace_s
+
+        def busy() -> bool:
+            jobs = [self.jobs.get(job_id) for job_id in running]
+            return any(job is not None and (job.running or job.unfetched) for job in jobs)
+
+        while busy() and time.monotonic() < deadline:
+            await asyncio.sleep(poll_s)
+        for job_id, batch in running.items():
+            job = self.jobs.get(job_id)
+            if job is not None and not job.running and job.next_batch > batch:
+                log.info("shutdown: job %s finished batch %d before the server stopped", job_id, batch)
+
     def shutdown(self, reason: str) -> None:
+        """Abort every job still open (peers are told why); each is named in the log."""
+        grace = self.config.limits.shutdown_grace_s
         for job_id in list(self.jobs):
-            self.abort(job_id, reason)
+            job = self.jobs[job_id]
+            if job.running:
+                self.abort(
+                    job_id,
+                    f"{reason}: batch {job.next_batch} did not finish within "
+                    f"limits.shutdown_grace_s = {grace:g} s",
+                )
+            else:
+                self.abort(job_id, reason)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -84,10 +84,11 @@ class PartyService(party_pb2_grpc.PartyServicer):
         return party_pb2.OpenJobReply(job_id=job.job_id, participant=self.manager.me)
 
     async def Upload(self, request_iterator: AsyncIterator, context):  # noqa: N802 - gRPC's name
+        assembler: ShareAssembler | None = None
+        job = None
+        reserved = 0  # bytes counted against the limits while this upload is received
         try:
             self.authz.data_owner(context)
-            assembler: ShareAssembler | None = None
-            job = None
             async for chunk in request_iterator:
                 if isinstance(chunk, MalformedMessage):
                     raise chunk.error()
@@ -98,6 +99,8 @@ class PartyService(party_pb2_grpc.PartyServicer):
                     job = self.manager.check_upload_header(
                         h.job_id, h.name, h.dtype, _shape(h.shape), h.nbytes
                     )
+                    self.manager.reserve_upload(job, h.nbytes)
+                    reserved = h.nbytes
                     assembler = ShareAssembler(h)
                 elif chunk.HasField("header"):
                     raise invalid("only the first upload chunk may carry a header")
@@ -111,10 +114,15 @@ class PartyService(party_pb2_grpc.PartyServicer):
                 share = assembler.finish()
             except ShareStreamError as exc:
                 raise invalid(str(exc)) from None
+            self.manager.release_upload(job, reserved)
+            reserved = 0
             self.manager.store_upload(job, assembler.header.name, share)
             return party_pb2.UploadReply(name=assembler.header.name, bytes_received=share.nbytes)
         except RpcError as exc:
             await context.abort(exc.code, exc.message)
+        finally:
+            if job is not None and reserved:
+                self.manager.release_upload(job, reserved)
 
     @_guard
     async def Evaluate(self, request, context):  # noqa: N802 - gRPC's name
@@ -159,6 +167,7 @@ class PartyService(party_pb2_grpc.PartyServicer):
         )
         for chunk in share_chunks(header, share, self.config.limits.max_message_bytes, party_pb2.ShareChunk):
             await context.write(chunk)
+        self.manager.fetched(job, request.batch, request.name)
 
     @_guard
     async def JobStatus(self, request, context):  # noqa: N802 - gRPC's name

@@ -1,0 +1,264 @@
+"""Concurrency and limits of a real cluster: several data-owner sessions at once, per-job and global
+limits refused with RESOURCE_EXHAUSTED naming the limit and its value, and graceful shutdown.
+
+The cluster configuration has one data-owner identity; "several data owners" here are independent
+client sessions (their own channels and threads, their own jobs), which is what a server sees of them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from security_report import record, scale
+
+from data_owner.client import ClusterClient, ClusterError
+from mpc_core.prg import PRG
+from mpc_core.ring import FixedPoint
+from proto.api import party_pb2
+from server.testing import running_cluster
+
+pytestmark = [pytest.mark.security, pytest.mark.timeout(300)]
+
+FP = FixedPoint()
+KiB = 1024
+LIMITS = {
+    "max_jobs": 6,
+    "max_upload_bytes": 48 * KiB,
+    "max_job_bytes": 64 * KiB,
+    "max_server_bytes": 160 * KiB,
+    "max_inputs": 6,
+}
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[tuple]:
+    folder = tmp_path_factory.mktemp("limits")
+    with (
+        running_cluster(folder, "2pc", limits=LIMITS) as (config, processes),
+        ClusterClient(config) as client,
+    ):
+        yield config, processes, client
+
+
+def _open_jobs(client: ClusterClient) -> dict[int, int]:
+    return {p: info.open_jobs for p, info in client.server_info().items()}
+
+
+def _seed(i: int) -> bytes:
+    return bytes([i + 1]) * 16
+
+
+# ---------------------------------------------------------------------------------------- concurrency
+def _mlp_session(config, index: int, batches: int) -> list[np.ndarray]:
+    """One data owner's job: fixed inputs, shares and seeds, so a rerun must give the same ring values."""
+    rng = np.random.default_rng(index)
+    inputs = {
+        "x": rng.normal(size=(4, 6)),
+        "w1": rng.normal(size=(6, 5)),
+        "b1": rng.normal(size=5),
+        "w2": rng.normal(size=(5, 3)),
+        "b2": rng.normal(size=3),
+    }
+    prg = PRG(_seed(index))
+    out = []
+    with ClusterClient(config) as client:
+        job = client.open_job("mlp", test_seed=_seed(index))
+        for name, value in inputs.items():
+            job.upload(name, FP.encode(value), prg=prg)
+        for _ in range(batches):
+            job.evaluate(params={"activation": "relu"})
+            out.append(job.reveal("y"))
+        job.close()
+    return out
+
+
+def test_concurrent_jobs_give_the_same_results_as_alone(cluster):
+    config, _, client = cluster
+    sessions = scale(3, 5)
+    batches = 2
+    alone = [_mlp_session(config, i, batches) for i in range(sessions)]
+    together: list = [None] * sessions
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            together[i] = _mlp_session(config, i, batches)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    mismatches = sum(
+        not np.array_equal(a, b) for i in range(sessions) for a, b in zip(alone[i], together[i], strict=True)
+    )
+    record("concurrent data-owner jobs equal solo runs", sessions * batches, mismatches)
+    assert mismatches == 0
+    assert _open_jobs(client) == {0: 0, 1: 0, 2: 0}
+
+
+# ---------------------------------------------------------------------------------------- limits
+def _refusal(call) -> tuple[Code, str]:
+    with pytest.raises(ClusterError) as info:
+        call()
+    codes = {code for code, _ in info.value.failures.values()}
+    assert codes == {info.value.code}, info.value.failures
+    return info.value.code, str(info.value)
+
+
+def test_job_count_limit(cluster):
+    _, _, client = cluster
+    jobs = [client.open_job("affine") for _ in range(LIMITS["max_jobs"])]
+    before = _open_jobs(client)
+    code, message = _refusal(lambda: client.open_job("affine"))
+    assert code == Code.RESOURCE_EXHAUSTED and f"limits.max_jobs = {LIMITS['max_jobs']}" in message
+    assert _open_jobs(client) == before
+    jobs.pop().close()
+    jobs.append(client.open_job("affine"))  # room again after a close
+    for job in jobs:
+        job.close()
+    record("limit: jobs per server", 1, 0)
+
+
+def test_per_job_byte_and_input_limits(cluster):
+    _, _, client = cluster
+    job = client.open_job("affine")
+    big = np.zeros(40 * KiB // 8, dtype=np.uint64)  # 40 KiB
+    job.upload("a", big)
+    code, message = _refusal(lambda: job.upload("b", big))
+    assert code == Code.RESOURCE_EXHAUSTED and f"limits.max_job_bytes = {LIMITS['max_job_bytes']}" in message
+    job.upload("a", big)  # replacing a share does not count twice
+    for i in range(LIMITS["max_inputs"] - 1):
+        job.upload(f"t{i}", np.zeros(2, dtype=np.uint64))
+    code, message = _refusal(lambda: job.upload("one-too-many", np.zeros(2, dtype=np.uint64)))
+    assert code == Code.RESOURCE_EXHAUSTED and f"limits.max_inputs = {LIMITS['max_inputs']}" in message
+    uploaded = {p: sorted(t.name for t in s.uploaded) for p, s in job.status().items() if p != 2}
+    assert uploaded == {p: sorted(["a", *(f"t{i}" for i in range(5))]) for p in (0, 1)}
+    job.close()
+    record("limit: bytes and inputs per job", 2, 0)
+
+
+def test_server_byte_limit_counts_uploads_in_flight(cluster):
+    """The global budget covers stored shares and uploads still arriving (reserved at their header)."""
+    _, _, client = cluster
+    jobs = [client.open_job("affine") for _ in range(4)]
+    share = np.zeros(40 * KiB // 8, dtype=np.uint64)
+    for job in jobs[:3]:
+        job.upload("x", share)  # 120 KiB of 160 held
+    # an upload that declares 40 KiB more but stalls after its first chunk: reserved, not yet stored
+    release = threading.Event()
+    header = party_pb2.ShareHeader(
+        job_id=jobs[3].job_id, name="x", dtype="<u8", shape=(1, 5 * KiB), nbytes=40 * KiB
+    )
+
+    def stalled():
+        yield party_pb2.UploadChunk(header=header, data=bytes(8 * KiB))
+        release.wait(30)
+
+    stall_call = client.stub(0).Upload.future(stalled(), timeout=30, metadata=client._metadata)
+    time.sleep(0.5)
+    code, message = _refusal(lambda: jobs[3].upload("y", np.zeros(2 * KiB, dtype=np.uint64)))  # 16 KiB
+    # P0 refuses (its budget counts the stalled 40 KiB); P1 has room and accepts
+    assert code == Code.RESOURCE_EXHAUSTED
+    assert f"limits.max_server_bytes = {LIMITS['max_server_bytes']}" in message
+    stall_call.cancel()
+    release.set()
+    time.sleep(0.3)
+    jobs[3].upload("y", np.zeros(2 * KiB, dtype=np.uint64))  # the reservation was released
+    for job in jobs:
+        job.close()
+    record("limit: bytes per server (stored and in flight)", 1, 0)
+
+
+def test_memory_limit_refuses_new_work(tmp_path):
+    limits = {"max_memory_bytes": 16 << 20}  # far below a server's resident memory
+    with running_cluster(tmp_path, "2pc", limits=limits) as (config, _), ClusterClient(config) as client:
+        assert _open_jobs(client) == {0: 0, 1: 0, 2: 0}  # read-only calls still work
+        code, message = _refusal(lambda: client.open_job("affine"))
+        assert code == Code.RESOURCE_EXHAUSTED
+        assert "above its limit of 16777216 bytes (limits.max_memory_bytes)" in message
+        assert _open_jobs(client) == {0: 0, 1: 0, 2: 0}
+    record("limit: server memory", 1, 0)
+
+
+def test_limit_defaults_are_set():
+    from server.config import Limits
+    from server.resources import ResourceGuard, physical_memory_bytes
+
+    limits = Limits()
+    assert (limits.max_jobs, limits.max_job_bytes, limits.max_server_bytes) == (8, 16 << 30, 32 << 30)
+    assert limits.shutdown_grace_s == 5.0
+    guard = ResourceGuard(limits, 0)
+    assert guard.max_memory_bytes == int(0.9 * physical_memory_bytes())
+
+
+# ---------------------------------------------------------------------------------------- shutdown
+def test_sigterm_finishes_short_batches_and_aborts_long_ones(tmp_path):
+    grace = 10.0
+    limits = {"shutdown_grace_s": grace}
+    with (
+        running_cluster(tmp_path, "2pc", limits=limits) as (config, processes),
+        ClusterClient(config) as client,
+    ):
+        short, long_, idle = (client.open_job("rounds") for _ in range(3))
+        for job in (short, long_, idle):
+            job.upload("x", FP.encode(np.full(2, 0.5)))
+        start = time.monotonic()
+        idle.evaluate(params={"rounds": 100})  # calibrates: the short batch should take about 1.5 s alone
+        short_rounds = max(100, int(150 / (time.monotonic() - start)))
+        outcome: dict = {}
+
+        def evaluate(job, rounds: int) -> None:
+            try:
+                job.evaluate(params={"rounds": rounds})
+                outcome[job.job_id] = job.reveal_float("y")
+            except ClusterError as exc:
+                outcome[job.job_id] = exc
+
+        threads = [
+            threading.Thread(target=evaluate, args=(long_, 200_000)),
+            threading.Thread(target=evaluate, args=(short, short_rounds)),
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while not all(s.state == "running" for j in (short, long_) for s in j.status().values()):
+            assert time.monotonic() < deadline, "the batches did not start"
+            time.sleep(0.02)
+        processes.signal_one(1, signal.SIGTERM)
+        time.sleep(0.5)
+        # while it drains, P1 refuses new jobs and batches, saying why
+        ref = party_pb2.OpenJobRequest(
+            job_id="late", spec=party_pb2.JobSpec(program="rounds", suite="2pc", frac_bits=16)
+        )
+        with pytest.raises(grpc.RpcError) as late:
+            client.stub(1).OpenJob(ref, timeout=5, metadata=client._metadata)
+        assert late.value.code() == Code.UNAVAILABLE and "shutting down" in late.value.details()
+        with pytest.raises(ClusterError) as batch:
+            idle.evaluate(params={"rounds": 2})
+        assert batch.value.failures[1][0] == Code.UNAVAILABLE
+        assert "accepts no new batches" in batch.value.failures[1][1]
+        for t in threads:
+            t.join(grace + 20)
+        processes.procs[1].wait(20)
+
+        assert isinstance(outcome[short.job_id], np.ndarray), outcome[short.job_id]  # finished and fetched
+        error = outcome[long_.job_id]
+        assert isinstance(error, ClusterError) and error.code == Code.UNAVAILABLE
+        assert "the server is shutting down" in error.failures[1][1]
+        assert f"did not finish within limits.shutdown_grace_s = {grace:g} s" in error.failures[1][1]
+        log = processes.log_path(1).read_text()
+        assert f"job {short.job_id} finished batch 0 before the server stopped" in log
+        assert f"job {long_.job_id} aborted on participant 1: the server is shutting down: batch 0" in log
+        assert f"job {idle.job_id} aborted on participant 1: the server is shutting down" in log
+    record("graceful shutdown (finish / abort, said to client and log)", 3, 0)
