@@ -371,3 +371,39 @@ def test_send_is_non_blocking_even_when_nobody_reads(mesh_factory):
         mesh.transport(0).send(1, f"m{i}", np.zeros(20_000, dtype=RING_DTYPE))
     assert time.perf_counter() - start < 2.0
     assert np.array_equal(mesh.transport(1).recv(0, "m0"), np.zeros(20_000, dtype=RING_DTYPE))
+
+
+def test_flow_control_holds_a_sender_that_runs_ahead(mesh_factory):
+    """With a 1 MiB window, a sender of 64 x 256 KiB that nobody reads stalls after a few MiB (the
+    reader's window, gRPC's own window and the sender's), then finishes once the receiver reads."""
+    mesh = mesh_factory(LinkSettings(recv_timeout_s=20, window_bytes=1 << 20))
+    message = np.arange(32_768, dtype=RING_DTYPE)  # 256 KiB
+    sent = []
+    sender = threading.Thread(
+        target=lambda: [sent.append(mesh.transport(2).send(1, f"m{i}", message + i)) for i in range(64)],
+        daemon=True,
+    )
+    sender.start()
+    time.sleep(1.0)
+    stalled_at = len(sent)
+    assert 4 <= stalled_at < 64, f"sender got {stalled_at} messages out with nobody reading"
+    for i in range(64):
+        np.testing.assert_array_equal(mesh.transport(1).recv(2, f"m{i}"), message + i)
+    sender.join(10)
+    assert len(sent) == 64
+
+
+def test_flow_control_lets_a_lone_message_above_the_window_through(mesh_factory):
+    mesh = mesh_factory(LinkSettings(recv_timeout_s=20, window_bytes=64 * 1024))
+    big = np.arange(1 << 20, dtype=RING_DTYPE)  # 8 MiB
+
+    def party(p: int):
+        t = mesh.transport(p)
+        if p == 2:
+            return None
+        t.send(1 - p, "big", big + p)
+        return t.recv(1 - p, "big")
+
+    out = _parallel(party)
+    np.testing.assert_array_equal(out[0], big + 1)
+    np.testing.assert_array_equal(out[1], big)

@@ -19,6 +19,14 @@ s = max(t, link free) and occupies the link until s + 8 b / bandwidth; it is del
 the latency.  A timer thread hands every message to the writer at its delivery time, so timings include
 the emulated network on top of the real (loopback) one.
 
+Flow control: a link buffers at most ``window_bytes`` of tensors in each direction beyond the one being
+moved.  The reader stops reading the stream while that many received bytes wait for :meth:`PeerLink.recv`
+(gRPC's own flow control then holds the sender's writes), and :meth:`PeerLink.send` waits while that many
+of its bytes are not yet written.  So a participant that runs ahead (the 2pc dealer, which only sends)
+is held back by the slowest reader instead of piling its whole output into memory.  A message larger than
+the window still travels alone, and a send waits only on bytes the peer will read in program order, so
+lock-step exchanges cannot deadlock (a party sends round k + 1 only after reading the peer's round k).
+
 Failures: a broken stream, an ``Abort`` frame from the peer, or a malformed frame closes the link and
 wakes a blocked :meth:`PeerLink.recv` with :class:`TransportClosed` naming the cause.
 """
@@ -154,10 +162,13 @@ class LinkSettings:
     max_tensor_bytes: int = 16 << 30
     recv_timeout_s: float = 300.0
     shape: NetworkShape = NO_SHAPING
+    window_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 2 * FRAME_OVERHEAD:
             raise ValueError(f"max_message_bytes must be at least {2 * FRAME_OVERHEAD}")
+        if self.window_bytes < 1:
+            raise ValueError("window_bytes must be positive")
 
     @property
     def chunk_bytes(self) -> int:
@@ -308,6 +319,12 @@ class PeerLink:
         self._incoming: queue.Queue = queue.Queue()
         self._outgoing: asyncio.Queue = asyncio.Queue()
         self._lock = threading.Lock()
+        # flow control (module docstring): bytes received and not yet taken, bytes sent and not yet written
+        self._buffered = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._unwritten = 0
+        self._written = threading.Condition()
         self._closed_reason: str | None = None
         self._done = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -329,23 +346,47 @@ class PeerLink:
 
     # ------------------------------------------------------------------ engine side (any thread)
     def send(self, tag: str, payload: np.ndarray) -> None:
-        """Queue one tagged tensor; returns at once (raises TransportClosed if the link is down)."""
+        """Queue one tagged tensor and return, once fewer than ``window_bytes`` of earlier sends wait to be
+        written (raises TransportClosed if the link is down or nothing moves for ``recv_timeout_s``)."""
         if self._closed_reason is not None:
             raise TransportClosed(self._closed_reason)
         frames = tensor_frames(tag, payload, self.settings.chunk_bytes)
+        nbytes = int(np.asarray(payload).nbytes)
+        self._wait_for_window(nbytes)
         if self.settings.shape.active:
             now = time.monotonic()
             deliver_at = self._clock.delivery_time(sum(f.ByteSize() for f in frames), now)
             self.stats.shaping_delay_s += deliver_at - now
-            _DELIVERY_TIMER.schedule(deliver_at, partial(self._release, frames))
+            _DELIVERY_TIMER.schedule(deliver_at, partial(self._release, (frames, nbytes)))
             return
-        self._release(frames, raising=True)
+        self._release((frames, nbytes), raising=True)
 
-    def _release(self, frames: list[peer_pb2.PeerFrame], raising: bool = False) -> None:
-        """Hand frames to the writer on the loop (from any thread)."""
+    def _wait_for_window(self, nbytes: int) -> None:
+        """Block while unwritten bytes plus this message exceed the window (a lone message passes)."""
+        deadline = time.monotonic() + self.settings.recv_timeout_s
+        with self._written:
+            while self._unwritten and self._unwritten + nbytes > self.settings.window_bytes:
+                if self._closed_reason is not None:
+                    raise TransportClosed(self._closed_reason)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportClosed(
+                        f"participant {self.peer} took no data for {self.settings.recv_timeout_s:g} s"
+                    )
+                self._written.wait(min(left, 1.0))
+            self._unwritten += nbytes
+
+    def _mark_written(self, nbytes: int) -> None:
+        with self._written:
+            self._unwritten -= nbytes
+            self._written.notify_all()
+
+    def _release(self, item: tuple[list[peer_pb2.PeerFrame], int], raising: bool = False) -> None:
+        """Hand a message's frames to the writer on the loop (from any thread)."""
         try:
-            self._loop.call_soon_threadsafe(self._outgoing.put_nowait, frames)
+            self._loop.call_soon_threadsafe(self._outgoing.put_nowait, item)
         except RuntimeError:  # the loop is gone: the server is shutting down
+            self._mark_written(item[1])
             if raising:
                 raise TransportClosed("the peer transport's event loop has stopped") from None
 
@@ -360,6 +401,7 @@ class PeerLink:
             self._incoming.put(item)  # every later receive fails the same way
             raise TransportClosed(item.reason)
         got_tag, array = item
+        self._take(array.nbytes)
         if got_tag != tag:
             raise ProtocolError(
                 f"expected message {tag!r} from participant {self.peer}, got {got_tag!r}: the participants "
@@ -379,6 +421,15 @@ class PeerLink:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._shutdown(reason, mode)))
 
+    def _take(self, nbytes: int) -> None:
+        """A received tensor left the buffer: wake the reader if it was waiting for room."""
+        with self._lock:
+            was_full = self._buffered > self.settings.window_bytes
+            self._buffered -= nbytes
+        if was_full:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._room.set)
+
     # ------------------------------------------------------------------ internals (loop thread)
     def _mark_closed(self, reason: str) -> bool:
         with self._lock:
@@ -386,6 +437,10 @@ class PeerLink:
                 return False
             self._closed_reason = reason
         self._incoming.put(_Closed(reason))
+        with self._written:
+            self._written.notify_all()
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._room.set)
         return True
 
     def _fail(self, reason: str) -> None:
@@ -436,7 +491,10 @@ class PeerLink:
                 done = assembler.feed(frame)
                 if done is not None:
                     self.stats.messages_received += 1
+                    with self._lock:
+                        self._buffered += done[1].nbytes
                     self._incoming.put(done)
+                    await self._wait_for_room()
         except asyncio.CancelledError:
             self._fail(f"the stream with {who} was cancelled")
             raise
@@ -447,6 +505,15 @@ class PeerLink:
         except Exception as exc:
             self._fail(f"the stream with {who} failed: {type(exc).__name__}: {exc}")
 
+    async def _wait_for_room(self) -> None:
+        """Stop reading while more than the window waits for recv() (gRPC then holds the sender)."""
+        while self._closed_reason is None:
+            with self._lock:
+                if self._buffered <= self.settings.window_bytes:
+                    return
+                self._room.clear()
+            await self._room.wait()
+
     async def _writer(self) -> None:
         try:
             while True:
@@ -454,13 +521,17 @@ class PeerLink:
                 if isinstance(item, _Final):
                     await self._write_final(item)
                     return
-                if self._closed_reason is not None:
-                    continue  # the link is closing: drop queued data
-                for frame in item:
-                    await self._rpc.write(frame)
-                    self.stats.frames_sent += 1
-                    self.stats.bytes_sent += frame.ByteSize()
-                self.stats.messages_sent += 1
+                frames, nbytes = item
+                try:
+                    if self._closed_reason is not None:
+                        continue  # the link is closing: drop queued data
+                    for frame in frames:
+                        await self._rpc.write(frame)
+                        self.stats.frames_sent += 1
+                        self.stats.bytes_sent += frame.ByteSize()
+                    self.stats.messages_sent += 1
+                finally:
+                    self._mark_written(nbytes)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
