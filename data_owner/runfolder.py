@@ -77,6 +77,16 @@ class RunFolder:
             self.file(HISTORY), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
         )
 
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the ``.NAME.tmp-PID`` files of atomic writes whose process died mid-write (a kill between
+        writing the temporary file and renaming it): never read, but they pile up over crashes."""
+        removed = []
+        for tmp in self.path.glob(".*.tmp-*"):
+            if not _alive(tmp.name.rsplit("-", 1)[-1]):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp.name)
+        return removed
+
 
 class PendingRunFolder:
     """A run folder under construction: a hidden sibling that becomes ``target`` on :meth:`commit`."""

@@ -154,6 +154,7 @@ class Tuner:
         try:
             if session.data_hashes != record.get("data_hashes"):
                 raise DataOwnerError(f"the data files changed since {run_dir} was started; start a new run")
+            folder.remove_stale_temporaries()
             folder.truncate_history(state["history_lines"])
             atomic_write_npy(folder.file(PROMPT), session.projection(state["best"]["z"]))
         except BaseException:
