@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast bench lint clean cluster demo
+.PHONY: install test test-fast test-security bench lint clean cluster demo
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Every security check (pytest -m security) at full size: 20 fault trials per suite, the large leakage
+# samples, the full fuzzing counts; then the table of what was tried (tests/security_summary.py).
+SECURITY_REPORT := $(CURDIR)/.pytest_cache/security-report.jsonl
+test-security: install
+	mkdir -p $(dir $(SECURITY_REPORT)) && : > $(SECURITY_REPORT)
+	SECP_SECURITY_FULL=1 SECP_SECURITY_REPORT=$(SECURITY_REPORT) $(BIN)/python -m pytest -q -m security; \
+	status=$$?; $(BIN)/python tests/security_summary.py $(SECURITY_REPORT) || status=1; exit $$status
 
 bench: install
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m bench.run
