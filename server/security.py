@@ -66,6 +66,19 @@ def check_key_permissions(path: Path) -> None:
         )
 
 
+def check_public_file_permissions(path: Path, what: str) -> None:
+    """Refuse a certificate that group or others may write: whoever can replace the CA certificate (or
+    an identity's certificate) can make this process trust, or present, a certificate of their own."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reading it reports the problem with its own message
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CredentialError(
+            f"{what} {path} is writable by other users (mode {stat.S_IMODE(mode):o}); run `chmod 644` on it"
+        )
+
+
 def load_credentials(
     config: ClusterConfig, name: str, cert: Path | None = None, key: Path | None = None
 ) -> Credentials:
@@ -73,6 +86,8 @@ def load_credentials(
     cert = cert or config.tls.cert_path(name)
     key = key or config.tls.key_path(name)
     check_key_permissions(key)
+    check_public_file_permissions(config.tls.ca_path(), "CA certificate")
+    check_public_file_permissions(cert, f"certificate of {name}")
     return Credentials(
         name=name,
         ca=_read(config.tls.ca_path(), "CA certificate"),
