@@ -9,6 +9,7 @@ hung) are failures, as is any server process that is no longer running.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ CLEAR_CODES = frozenset(
 )
 #: A refusal's message must be short: a request's field is never echoed back at length.
 MAX_DETAILS_CHARS = 1024
+#: Seed of every fuzzer (hypothesis and mutation): fixed, so a failure reproduces; set SECP_FUZZ_SEED to
+#: explore other cases.
+FUZZ_SEED = int(os.environ.get("SECP_FUZZ_SEED", "0"))
+#: Resident memory a server may gain over one fuzz run (allocator slack, gRPC and protobuf caches).
+RSS_GROWTH_BOUND = 32 << 20
 #: Room for the client side of a raw channel: larger than any server limit, so the server enforces its own.
 RAW_MESSAGE_BYTES = 64 << 20
 
