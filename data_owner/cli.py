@@ -116,6 +116,9 @@ def run_with_progress(make_tuner, quiet: bool) -> dict[str, Any]:
 @click.group()
 def main() -> None:
     """Forward-only prompt tuning of a secret-shared model (the data owner's side of SecP-Tuning)."""
+    from mpc_core.allocator import tune_allocator
+
+    tune_allocator()  # the plain backend's forward allocates large arrays (mpc_core/allocator.py)
 
 
 @main.command()

@@ -55,7 +55,10 @@ def resolve_participant(suite: str, party: int | None, role: str) -> int:
 )
 def main(config_path: str, party: int | None, role: str, insecure: bool, log_level: str) -> None:
     """Run one server (compute party or dealer) of a secp-tuning cluster."""
+    from mpc_core.allocator import tune_allocator
     from server.config import ConfigError, load_config
+
+    tune_allocator()  # before the first large array: see mpc_core/allocator.py
 
     try:
         config = load_config(config_path)
