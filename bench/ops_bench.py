@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.harness import Prepare, measure
 from mpc_core.tensor import SharedTensor
-from server.programs.ops import OPS
+from server.programs.ops import BERT_BASE, BERT_LAYER_WEIGHTS, OPS, bert_layer_config
 
 
 @dataclass
@@ -44,6 +44,40 @@ def _layernorm_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
     return (x - mu) / np.sqrt(var + 1e-12) * w + b
+
+
+def _bert_layer_ref(x: np.ndarray, *weights: np.ndarray) -> np.ndarray:
+    """The same block in float64 (mpc_core.nn's plaintext backend: exact softmax, GELU, LayerNorm)."""
+    from mpc_core.nn.backend import PlainBackend
+    from mpc_core.nn.config import AttentionConfig
+    from mpc_core.nn.encoder import encoder_layer
+
+    backend = PlainBackend(dict(zip(BERT_LAYER_WEIGHTS, weights, strict=True)))
+    mask = np.ones((1, x.shape[0]), dtype=np.int64)
+    return encoder_layer(backend, bert_layer_config(), AttentionConfig(mode="softmax"), 0, x[None], mask)[0]
+
+
+def _bert_layer_inputs() -> list[Callable[[np.random.Generator], np.ndarray]]:
+    """x ~ N(0, 1) [128, 768]; matrices and biases N(0, 0.02); LayerNorm weights 1 + N(0, 0.02)."""
+    h, f = BERT_BASE["hidden"], BERT_BASE["intermediate"]
+    shapes = {"attn.q": (h, h), "attn.k": (h, h), "attn.v": (h, h), "attn.out": (h, h)}
+    shapes |= {"ffn.in": (h, f), "ffn.out": (f, h)}
+    makers = [_normal(128, h)]
+    for name in BERT_LAYER_WEIGHTS:
+        part, kind = name.removeprefix("layer.0.").rsplit(".", 1)
+        if part.endswith(".ln"):
+            makers.append(lambda r, kind=kind: (1.0 if kind == "weight" else 0.0) + r.normal(0, 0.02, h))
+        elif kind == "weight":
+            makers.append(_normal(*shapes[part], std=0.02))
+        else:
+            makers.append(_normal(shapes[part][1], std=0.02))
+    return makers
+
+
+def _warm_bert_layer(ctx, x: SharedTensor, *weights: SharedTensor) -> tuple[SharedTensor, ...]:
+    """Open the weights' masks once before timing (as a loaded model does at its first batch)."""
+    OPS["bert_layer"].run(x, *weights).reveal()
+    return (x, *weights)
 
 
 def _warm_fixed(ctx, x: SharedTensor, w: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
@@ -110,6 +144,14 @@ def op_cases() -> list[OpCase]:
             [_uniform(-30, 30, 128, 768)],
             lambda x: np.cos(2 * np.pi * x / 64.0),
             notes="one harmonic, period 64",
+        ),
+        OpCase(
+            "bert_layer",
+            [128, 768],
+            _bert_layer_inputs(),
+            _bert_layer_ref,
+            prepare=_warm_bert_layer,
+            notes="BERT-base block (12 heads, FFN 3072, exact softmax), weights N(0, 0.02) fixed and warmed",
         ),
         OpCase(
             "compare",

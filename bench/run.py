@@ -15,11 +15,13 @@ from pathlib import Path
 
 from bench.machine import machine_info
 from bench.targets import evaluate
+from mpc_core.allocator import tune_allocator
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _sections() -> dict[str, object]:
+    from bench.cluster_bench import bench_network, bench_tuning
     from bench.grpc_ops_bench import bench_grpc_ops
     from bench.model_bench import bench_attention, bench_forward
     from bench.ops_bench import bench_ops
@@ -30,6 +32,8 @@ def _sections() -> dict[str, object]:
         "ops": lambda: bench_ops() + bench_grpc_ops(),
         "attention": bench_attention,
         "forward": bench_forward,
+        "network": bench_network,
+        "tuning": bench_tuning,
     }
 
 
@@ -108,6 +112,35 @@ def render_markdown(results: dict) -> str:
                 f"| {r['bytes'] / 2**20:.0f} | {r['dealer_bytes'] / 2**20:.0f} | {r['rounds']} "
                 f"| {r['max_abs_err']:.1e} |"
             )
+    if results.get("network"):
+        lines += [
+            "",
+            "## network (all-MiniLM-L6-v2 forward over gRPC, shaped peer links, similarity head)",
+            "",
+            "| suite | network | attention | batch x seq | seconds | party CPU s | MiB (all peers) "
+            "| rounds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["network"]:
+            lines.append(
+                f"| {r['suite']} | {r['network']} | {r['attention']} | {r['batch']} x {r['seq_len']} "
+                f"| {r['seconds']:.1f} | {r['party_cpu_seconds']} | {r['bytes'] / 2**20:.0f} "
+                f"| {r['rounds']} |"
+            )
+    if results.get("tuning"):
+        lines += [
+            "",
+            "## tuning (one CMA-ES generation: popsize 20 x 32 SST-2 rows, L = 5, d = 50, softmax)",
+            "",
+            "| backend | seconds | party CPU s | MiB (all peers) | rounds | max abs loss err vs plain |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["tuning"]:
+            err = f"{r['max_abs_loss_err']:.1e}" if "max_abs_loss_err" in r else "-"
+            lines.append(
+                f"| {r['backend']} | {r['seconds']:.1f} | {r.get('party_cpu_seconds', '-')} "
+                f"| {r['bytes'] / 2**20:.0f} | {r['rounds']} | {err} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = _sections()
     parser.add_argument("--only", default=",".join(sections), help="comma-separated sections to measure")
     args = parser.parse_args(argv)
+    tune_allocator()  # as the servers do (mpc_core/allocator.py)
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest = RESULTS / "latest.json"
     results = json.loads(latest.read_text()) if latest.exists() else {}

@@ -34,6 +34,48 @@ def _matmul_shape(x: Shape, w: Shape) -> Shape:
     return (*x[:-1], w[1])
 
 
+#: One BERT-base encoder block (hidden 768, 12 heads, FFN 3072, exact softmax attention), weights shared.
+BERT_BASE = {"hidden": 768, "heads": 12, "intermediate": 3072, "layer_norm_eps": 1e-12}
+BERT_LAYER_WEIGHTS = tuple(
+    f"layer.0.{part}.{kind}"
+    for part in ("attn.q", "attn.k", "attn.v", "attn.out", "attn.ln", "ffn.in", "ffn.out", "ffn.ln")
+    for kind in ("weight", "bias")
+)
+
+
+def bert_layer_config():
+    from mpc_core.nn.config import EncoderConfig
+
+    return EncoderConfig(
+        arch="bert", layers=1, vocab=1, max_positions=512, type_vocab=0, pad_token_id=0, **BERT_BASE
+    )
+
+
+def _bert_layer(x: SharedTensor, *weights: SharedTensor) -> SharedTensor:
+    """The block on x [T, H] (one sequence, no padding); 2-D weights fixed as a loaded model's are."""
+    import numpy as np
+
+    from mpc_core.nn.backend import SecureBackend
+    from mpc_core.nn.config import AttentionConfig
+    from mpc_core.nn.encoder import encoder_layer
+
+    named = {
+        name: w.fixed(f"op:{name}") if w.ndim == 2 else w
+        for name, w in zip(BERT_LAYER_WEIGHTS, weights, strict=True)
+    }
+    backend = SecureBackend(x.ctx, named)
+    mask = np.ones((1, x.shape[0]), dtype=np.int64)
+    return encoder_layer(backend, bert_layer_config(), AttentionConfig(mode="softmax"), 0, x[None], mask)[0]
+
+
+def _bert_layer_shape(x: Shape, *weights: Shape) -> Shape:
+    h, f = BERT_BASE["hidden"], BERT_BASE["intermediate"]
+    expected = [(h, h), (h,)] * 3 + [(h, h), (h,), (h,), (h,), (h, f), (f,), (f, h), (h,), (h,), (h,)]
+    if len(x) != 2 or x[1] != h or [tuple(w) for w in weights] != expected:
+        raise PlanError(f"bert_layer needs x [T, {h}] and the BERT-base block's weights in order")
+    return tuple(x)
+
+
 OPS: dict[str, SecureOp] = {
     "matmul": SecureOp(("x", "w"), lambda x, w: x @ w, _matmul_shape),
     "matmul_fixed_weight": SecureOp(("x", "w"), lambda x, w: x @ w.fixed("op:w"), _matmul_shape),
@@ -45,6 +87,7 @@ OPS: dict[str, SecureOp] = {
     "rsqrt": SecureOp(("x",), fn.rsqrt, _same),
     "cos": SecureOp(("x",), lambda x: x.trig(64.0, [1])[0][0], _same),
     "compare": SecureOp(("x", "y"), fn.less_than, _same),
+    "bert_layer": SecureOp(("x", *BERT_LAYER_WEIGHTS), _bert_layer, _bert_layer_shape),
 }
 
 
