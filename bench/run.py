@@ -37,6 +37,100 @@ def _sections() -> dict[str, object]:
     }
 
 
+MIB = 2**20
+
+#: Per section: the table's title and its columns (header, cell formatter of one result row).
+COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
+    "ring_matmul": (
+        "ring_matmul (seconds)",
+        [
+            ("shape", lambda r: r["shape"]),
+            ("ring", lambda r: f"{r['ring_s']:.4f}"),
+            ("ring, fixed operand", lambda r: f"{r['ring_fixed_operand_s']:.4f}"),
+            ("numpy uint64", lambda r: f"{r['numpy_uint64_s']:.4f}"),
+            ("float64", lambda r: f"{r['float64_s']:.4f}"),
+            ("speed-up vs uint64", lambda r: f"{r['numpy_uint64_s'] / r['ring_s']:.1f}x"),
+        ],
+    ),
+    "ops": (
+        "ops",
+        [
+            ("suite", lambda r: r["suite"]),
+            ("op", lambda r: r["op"]),
+            ("shape", lambda r: r["shape"]),
+            ("transport", lambda r: r["transport"]),
+            ("seconds", lambda r: f"{r['seconds']:.3f}"),
+            ("party CPU s", lambda r: r["party_cpu_seconds"]),
+            ("MiB", lambda r: f"{r['bytes'] / MIB:.2f}"),
+            ("dealer MiB", lambda r: f"{r['dealer_bytes'] / MIB:.2f}"),
+            ("rounds", lambda r: r["rounds"]),
+            ("max abs err", lambda r: f"{r['max_abs_err']:.1e}"),
+        ],
+    ),
+    "attention": (
+        "attention (one layer's attention core, 12 heads of 64, batch 1)",
+        [
+            ("suite", lambda r: r["suite"]),
+            ("attention", lambda r: r["attention"]),
+            ("seq", lambda r: r["seq_len"]),
+            ("seconds", lambda r: f"{r['seconds']:.2f}"),
+            ("MiB", lambda r: f"{r['bytes'] / MIB:.1f}"),
+            ("dealer MiB", lambda r: f"{r['dealer_bytes'] / MIB:.1f}"),
+            ("rounds", lambda r: r["rounds"]),
+            ("err vs plaintext (same mode)", lambda r: f"{r['max_abs_err_vs_plaintext_same_mode']:.1e}"),
+        ],
+    ),
+    "forward": (
+        "forward (all-MiniLM-L6-v2, similarity head, in-process)",
+        [
+            ("suite", lambda r: r["suite"]),
+            ("attention", lambda r: r["attention"]),
+            ("batch x seq", lambda r: f"{r['batch']} x {r['seq_len']}"),
+            ("seconds", lambda r: f"{r['seconds']:.1f}"),
+            ("x plaintext fp32", lambda r: f"{r['seconds'] / r['plaintext_seconds']:.0f}x"),
+            ("party CPU s", lambda r: r["party_cpu_seconds"]),
+            ("MiB", lambda r: f"{r['bytes'] / MIB:.0f}"),
+            ("dealer MiB", lambda r: f"{r['dealer_bytes'] / MIB:.0f}"),
+            ("rounds", lambda r: r["rounds"]),
+            ("max abs logit err", lambda r: f"{r['max_abs_err']:.1e}"),
+        ],
+    ),
+    "network": (
+        "network (all-MiniLM-L6-v2 forward over gRPC, shaped peer links, similarity head)",
+        [
+            ("suite", lambda r: r["suite"]),
+            ("network", lambda r: r["network"]),
+            ("attention", lambda r: r["attention"]),
+            ("batch x seq", lambda r: f"{r['batch']} x {r['seq_len']}"),
+            ("seconds", lambda r: f"{r['seconds']:.1f}"),
+            ("party CPU s", lambda r: r["party_cpu_seconds"]),
+            ("MiB (all peers)", lambda r: f"{r['bytes'] / MIB:.0f}"),
+            ("rounds", lambda r: r["rounds"]),
+        ],
+    ),
+    "tuning": (
+        "tuning (one CMA-ES generation: popsize 20 x 32 SST-2 rows, L = 5, d = 50, softmax)",
+        [
+            ("backend", lambda r: r["backend"]),
+            ("seconds", lambda r: f"{r['seconds']:.1f}"),
+            ("party CPU s", lambda r: r.get("party_cpu_seconds", "-")),
+            ("MiB (all peers)", lambda r: f"{r['bytes'] / MIB:.0f}"),
+            ("rounds", lambda r: r["rounds"]),
+            (
+                "max abs loss err vs plain",
+                lambda r: f"{r['max_abs_loss_err']:.1e}" if "max_abs_loss_err" in r else "-",
+            ),
+        ],
+    ),
+}
+
+
+def markdown_table(columns: list[tuple[str, object]], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell(r)) for _, cell in columns) + " |" for r in rows]
+    return lines
+
+
 def render_markdown(results: dict) -> str:
     lines = [
         "# Benchmark results",
@@ -46,101 +140,20 @@ def render_markdown(results: dict) -> str:
         "",
         "## Targets",
         "",
-        "| target | goal | ours | met |",
-        "|---|---|---|---|",
     ]
-    for row in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
-        lines.append(f"| {row['target']} | {row['goal']} | {row['ours']} | {met} |")
-    if results.get("ring_matmul"):
-        lines += [
-            "",
-            "## ring_matmul (seconds)",
-            "",
-            "| shape | ring | ring, fixed operand | numpy uint64 | float64 | speed-up vs uint64 |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in results["ring_matmul"]:
-            lines.append(
-                f"| {r['shape']} | {r['ring_s']:.4f} | {r['ring_fixed_operand_s']:.4f} "
-                f"| {r['numpy_uint64_s']:.4f} "
-                f"| {r['float64_s']:.4f} | {r['numpy_uint64_s'] / r['ring_s']:.1f}x |"
-            )
-    if results.get("ops"):
-        lines += [
-            "",
-            "## ops",
-            "",
-            "| suite | op | shape | transport | seconds | party CPU s | MiB | dealer MiB | rounds "
-            "| max abs err |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in results["ops"]:
-            lines.append(
-                f"| {r['suite']} | {r['op']} | {r['shape']} | {r['transport']} | {r['seconds']:.3f} "
-                f"| {r['party_cpu_seconds']} | {r['bytes'] / 2**20:.2f} | {r['dealer_bytes'] / 2**20:.2f} "
-                f"| {r['rounds']} | {r['max_abs_err']:.1e} |"
-            )
-    if results.get("attention"):
-        lines += [
-            "",
-            "## attention (one layer's attention core, 12 heads of 64, batch 1)",
-            "",
-            "| suite | attention | seq | seconds | MiB | dealer MiB | rounds "
-            "| err vs plaintext (same mode) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in results["attention"]:
-            lines.append(
-                f"| {r['suite']} | {r['attention']} | {r['seq_len']} | {r['seconds']:.2f} "
-                f"| {r['bytes'] / 2**20:.1f} | {r['dealer_bytes'] / 2**20:.1f} | {r['rounds']} "
-                f"| {r['max_abs_err_vs_plaintext_same_mode']:.1e} |"
-            )
-    if results.get("forward"):
-        lines += [
-            "",
-            "## forward (all-MiniLM-L6-v2, similarity head)",
-            "",
-            "| suite | attention | batch x seq | seconds | x plaintext fp32 | party CPU s | MiB | dealer MiB "
-            "| rounds | max abs logit err |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in results["forward"]:
-            lines.append(
-                f"| {r['suite']} | {r['attention']} | {r['batch']} x {r['seq_len']} | {r['seconds']:.1f} "
-                f"| {r['seconds'] / r['plaintext_seconds']:.0f}x | {r['party_cpu_seconds']} "
-                f"| {r['bytes'] / 2**20:.0f} | {r['dealer_bytes'] / 2**20:.0f} | {r['rounds']} "
-                f"| {r['max_abs_err']:.1e} |"
-            )
-    if results.get("network"):
-        lines += [
-            "",
-            "## network (all-MiniLM-L6-v2 forward over gRPC, shaped peer links, similarity head)",
-            "",
-            "| suite | network | attention | batch x seq | seconds | party CPU s | MiB (all peers) "
-            "| rounds |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in results["network"]:
-            lines.append(
-                f"| {r['suite']} | {r['network']} | {r['attention']} | {r['batch']} x {r['seq_len']} "
-                f"| {r['seconds']:.1f} | {r['party_cpu_seconds']} | {r['bytes'] / 2**20:.0f} "
-                f"| {r['rounds']} |"
-            )
-    if results.get("tuning"):
-        lines += [
-            "",
-            "## tuning (one CMA-ES generation: popsize 20 x 32 SST-2 rows, L = 5, d = 50, softmax)",
-            "",
-            "| backend | seconds | party CPU s | MiB (all peers) | rounds | max abs loss err vs plain |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in results["tuning"]:
-            err = f"{r['max_abs_loss_err']:.1e}" if "max_abs_loss_err" in r else "-"
-            lines.append(
-                f"| {r['backend']} | {r['seconds']:.1f} | {r.get('party_cpu_seconds', '-')} "
-                f"| {r['bytes'] / 2**20:.0f} | {r['rounds']} | {err} |"
-            )
+    met = {True: "yes", False: "**no**", None: "-"}
+    lines += markdown_table(
+        [
+            ("target", lambda r: r["target"]),
+            ("goal", lambda r: r["goal"]),
+            ("ours", lambda r: r["ours"]),
+            ("met", lambda r: met[r["met"]]),
+        ],
+        results["targets"],
+    )
+    for section, (title, columns) in COLUMNS.items():
+        if results.get(section):
+            lines += ["", f"## {title}", "", *markdown_table(columns, results[section])]
     return "\n".join(lines) + "\n"
 
 
