@@ -109,6 +109,19 @@ class FuzzTally:
         if problem is not None:
             self.problems.append(f"{what}: {problem}: {outcome.details[:300]!r}")
 
+    def unchanged(self, what: str, outcome: Outcome, before: object, after: object) -> None:
+        """A refusal must change nothing, except an evaluation that started and failed: that aborts its
+        job by design (docs/cluster.md, "Failures"), so the job must then be gone."""
+        started = what == "evaluate" and outcome.code in (
+            Code.FAILED_PRECONDITION,
+            Code.UNAVAILABLE,
+            Code.ABORTED,
+        )
+        if started and after == (Code.NOT_FOUND.name,):
+            return
+        if before != after:
+            self.problems.append(f"{what}: refused with {outcome.code.name} but changed {before} -> {after}")
+
     def summary(self) -> str:
         return f"{self.name}: {self.cases} cases, codes {self.codes}, problems {self.problems[:5]}"
 

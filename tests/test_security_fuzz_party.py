@@ -175,6 +175,16 @@ calls = st.one_of(
 
 
 # ---------------------------------------------------------------------------------------- execution
+def job_state(env: Env, job_id: str) -> tuple:
+    """What a refused call must leave as it was: a job's uploads, batches and state on P0."""
+    try:
+        reply = env.stub.JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client._metadata)
+    except grpc.RpcError as exc:
+        return (exc.code().name,)
+    uploads = sorted((t.name, tuple(t.shape)) for t in reply.uploaded)
+    return (reply.state, reply.batches_done, tuple(uploads))
+
+
 class Case:
     """One hypothesis example: a sandbox job on P0 (with valid uploads), then the generated calls."""
 
@@ -277,6 +287,9 @@ class Case:
             chunks.append(party_pb2.UploadChunk(header=header if with_header else None, data=more))
         return chunks
 
+    def sandbox_state(self) -> tuple:
+        return job_state(self.env, self.sandbox)
+
     def cleanup(self) -> None:
         md = self.env.client._metadata
         for job_id in {self.sandbox, *self.opened} - {self.env.reference.job.job_id}:
@@ -325,7 +338,11 @@ def test_party_api_property_fuzzing(env: Env) -> None:
         try:
             for spec in sequence:
                 kind, call = case.call(spec)
-                tally.check(kind, outcome_of(call))
+                before = case.sandbox_state()
+                outcome = outcome_of(call)
+                tally.check(kind, outcome)
+                if outcome.code != grpc.StatusCode.OK:
+                    tally.unchanged(kind, outcome, before, case.sandbox_state())
             assert env.alive(), f"a server died: {sequence!r:.500}"
         finally:
             case.cleanup()
@@ -386,6 +403,7 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
         method, kind, template = rng.choice(_valid_requests(sandbox))
         channel = env.dealer_channel if rng.random() < 0.2 and method != "Evaluate" else env.channel
         path = f"/secp.party.v1.Party/{method}"
+        before = job_state(env, sandbox)
         if kind == "upload":
             chunks = list(template)
             j = rng.randrange(len(chunks))
@@ -401,6 +419,8 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
             call = channel.unary_stream(path) if kind == "fetch" else channel.unary_unary(path)
             outcome = outcome_of(lambda call=call, raw=raw: call(raw, timeout=CALL_TIMEOUT_S, metadata=md))
         tally.check(method, outcome)
+        if outcome.code != grpc.StatusCode.OK:
+            tally.unchanged(method.lower(), outcome, before, job_state(env, sandbox))
         opened = {sandbox}
         if method == "OpenJob" and outcome.code == grpc.StatusCode.OK:  # the edit may have renamed the job
             opened.add(party_pb2.OpenJobRequest.FromString(raw).job_id)
