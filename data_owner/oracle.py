@@ -67,6 +67,14 @@ class LossOracle(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (the secure backend closes its job)."""
 
+    @property
+    def job_ref(self) -> str | None:
+        """The server-side job this oracle holds (recorded in the checkpoint), if any."""
+        return None
+
+    def release(self, job_ref: str) -> None:  # noqa: B027 - optional hook
+        """Close a job an earlier process left behind (a crashed or failed run), wherever it still exists."""
+
     def privacy(self) -> str:
         return "private (secure backend)" if self.private else NOT_PRIVATE
 

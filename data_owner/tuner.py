@@ -106,6 +106,7 @@ class Tuner:
                 "elapsed": 0.0,
                 "finished": False,
                 "zero_shot": None,
+                "cluster_job": session.oracle.job_ref,
             }
             tuner = cls(session, pending.folder, state, on_progress)
             t0 = time.perf_counter()
@@ -155,6 +156,10 @@ class Tuner:
             if session.data_hashes != record.get("data_hashes"):
                 raise DataOwnerError(f"the data files changed since {run_dir} was started; start a new run")
             folder.remove_stale_temporaries()
+            earlier = state.get("cluster_job")
+            if earlier:  # the job the interrupted process left on the servers
+                session.oracle.release(earlier)
+            state["cluster_job"] = session.oracle.job_ref
             folder.truncate_history(state["history_lines"])
             atomic_write_npy(folder.file(PROMPT), session.projection(state["best"]["z"]))
         except BaseException:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 TUNING_PROGRAM = "prompt_tuning"
 CLOSE_AFTER_FAILURE_S = 1.0
+RELEASE_TIMEOUT_S = 5.0
 
 
 class TuningParams(BaseModel):
@@ -185,6 +186,19 @@ class SecureOracle(LossOracle):
             pass
         finally:
             self.job.client.close()
+
+    @property
+    def job_ref(self) -> str:
+        return self.job.job_id
+
+    def release(self, job_ref: str) -> None:
+        """Close an earlier run's job on every server that still holds it (best effort, short timeouts).
+
+        A server that was paused or unreachable when that run failed (or every server, when the data owner
+        itself was killed) keeps the job: a peer's orderly close does not drop it, and nothing else does
+        until ``job_idle_timeout_s`` (an hour by default) while it occupies one of ``max_jobs`` slots."""
+        if job_ref != self.job.job_id:
+            self.job.client._close_quietly(job_ref, self.job.client.participants, timeout_s=RELEASE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ pieces
     def _upload(self, name: str, value: np.ndarray) -> None:
