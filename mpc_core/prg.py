@@ -16,6 +16,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from mpc_core.ring import RING_DTYPE
 
 SEED_BYTES = 16
+#: Keystream is produced through this block of zeros (4 MiB), and ring() asks for 16 bytes of slack.
+_ZERO_BLOCK = bytes(1 << 22)
+_SLACK_WORDS = 2
 
 
 def fresh_seed() -> bytes:
@@ -37,14 +40,28 @@ class PRG:
         return self._encryptor.update(bytes(count))
 
     def ring(self, shape: tuple[int, ...] | int) -> np.ndarray:
-        """Uniform elements of Z_2^64 with the given shape."""
+        """Uniform elements of Z_2^64 with the given shape.
+
+        The keystream is written straight into the result, a slice at a time from one zero block: no
+        zero input, keystream copy or conversion of the whole size (this runs for every mask and share).
+        """
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         count = int(np.prod(shape, dtype=np.int64))
-        return np.frombuffer(self.random_bytes(8 * count), dtype=RING_DTYPE).reshape(shape).copy()
+        out = np.empty(count + _SLACK_WORDS, dtype=RING_DTYPE)  # update_into wants a block of room
+        raw = memoryview(out).cast("B")
+        total = 8 * count
+        for start in range(0, total, len(_ZERO_BLOCK)):
+            size = min(len(_ZERO_BLOCK), total - start)
+            source = _ZERO_BLOCK if size == len(_ZERO_BLOCK) else memoryview(_ZERO_BLOCK)[:size]
+            self._encryptor.update_into(source, raw[start : start + size + 15])
+        return out[:count].reshape(shape)
 
     def bits(self, shape: tuple[int, ...] | int) -> np.ndarray:
-        """Uniform bits (0 or 1) as ring elements."""
-        return self.ring(shape) >> np.uint64(63)
+        """Uniform bits (0 or 1) as ring elements, eight from each keystream byte."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        packed = np.frombuffer(self.random_bytes(-(-count // 8)), dtype=np.uint8)
+        return np.unpackbits(packed, count=count).astype(RING_DTYPE).reshape(shape)
 
 
 def system_prg() -> PRG:

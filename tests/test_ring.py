@@ -277,3 +277,27 @@ def test_allocator_settings_are_accepted_by_glibc() -> None:
     from mpc_core.allocator import tune_allocator
 
     assert tune_allocator() is True
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, (1 << 19) + 5, (1 << 20) + 3])
+def test_prg_ring_is_the_aes_ctr_keystream_in_order(count: int) -> None:
+    """ring() writes the keystream block by block: the same words as one update() of zeros, and later
+    draws continue the stream (around the 4 MiB block boundary too)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from mpc_core.prg import PRG
+
+    seed = bytes(range(16))
+    reference = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    prg = PRG(seed)
+    for shape in [(count,), (2, 3)]:
+        expected = np.frombuffer(reference.update(bytes(8 * int(np.prod(shape)))), dtype=np.uint64)
+        np.testing.assert_array_equal(prg.ring(shape).reshape(-1), expected)
+
+
+def test_prg_bits_are_fair_and_packed() -> None:
+    from mpc_core.prg import PRG
+
+    bits = PRG(bytes(16)).bits((1000, 100))
+    assert bits.shape == (1000, 100) and set(np.unique(bits)) == {0, 1}
+    assert abs(bits.mean() - 0.5) < 0.005  # 10^5 fair bits: 3 sigma is 0.0047

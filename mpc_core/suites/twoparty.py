@@ -205,11 +205,11 @@ class TwoPartyCore:
         """
         shape = x.shape
         if self.is_dealer:
-            a = self.ctx.prg_with(self.p0).ring(shape) & _ONE
-            b = self.ctx.prg_with(self.p1).ring(shape) & _ONE
+            a = self.ctx.prg_with(self.p0).bits(shape)
+            b = self.ctx.prg_with(self.p1).bits(shape)
             self._dealt(shape, lambda: a * b)
             return np.zeros(shape, dtype=RING_DTYPE)
-        own_mask = self.ctx.prg_with(self.dealer).ring(shape) & _ONE
+        own_mask = self.ctx.prg_with(self.dealer).bits(shape)
         ab = self._dealt(shape, None)
         shifted = x + np.uint64((1 << EXACT_TRUNC_BITS) - 1) if self.role == 0 else x
         top = shifted >> np.uint64(63)
