@@ -351,3 +351,27 @@ def _status_code(env: Env, job_id: str) -> grpc.StatusCode:
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
+
+
+def test_unparsable_frame_inside_an_accepted_stream_is_refused(env: Env) -> None:
+    """After a valid hello, a frame that is not protobuf (or has invalid UTF-8 in its tag) aborts the job
+    it was for and ends the stream with INVALID_ARGUMENT naming the problem."""
+    failures = 0
+    bad_frames = {
+        "corrupt wire format": b"\x12\xff\xff\xff",
+        "invalid UTF-8 in a tag": b"\x12\x05\x0a\x03\xff\xfe\xc0",
+    }
+    for what, frame in bad_frames.items():
+        sandbox = env.open_sandbox()
+        stream = [*_valid_stream(sandbox)[:1], frame]
+        outcome = env.exchange("p0", 1, stream)
+        ok = (
+            outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+            and "not a valid secp.peer.v1.PeerFrame" in outcome.details
+            and _status_code(env, sandbox) == grpc.StatusCode.NOT_FOUND
+        )
+        failures += not ok
+        assert ok, (what, outcome)
+        env.close_sandbox(sandbox)
+    record("peer API: unparsable frames in an accepted stream", len(bad_frames), failures)
+    env.verify()
