@@ -56,7 +56,9 @@ def _seed(i: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------- concurrency
-def _mlp_session(config, index: int, batches: int) -> list[np.ndarray]:
+def _mlp_session(
+    config, index: int, batches: int, opened: threading.Barrier | None = None
+) -> list[np.ndarray]:
     """One data owner's job: fixed inputs, shares and seeds, so a rerun must give the same ring values."""
     rng = np.random.default_rng(index)
     inputs = {
@@ -72,8 +74,10 @@ def _mlp_session(config, index: int, batches: int) -> list[np.ndarray]:
         job = client.open_job("mlp", test_seed=_seed(index))
         for name, value in inputs.items():
             job.upload(name, FP.encode(value), prg=prg)
+        if opened is not None:
+            opened.wait()
         for _ in range(batches):
-            job.evaluate(params={"activation": "relu"})
+            job.evaluate(params={"activation": ("relu", "cos")[index % 2]})  # comparison and trig paths
             out.append(job.reveal("y"))
         job.close()
     return out
@@ -81,15 +85,28 @@ def _mlp_session(config, index: int, batches: int) -> list[np.ndarray]:
 
 def test_concurrent_jobs_give_the_same_results_as_alone(cluster):
     config, _, client = cluster
+    _check_concurrent_sessions(config, client, "2pc")
+
+
+def test_concurrent_jobs_give_the_same_results_as_alone_3pc(tmp_path):
+    with running_cluster(tmp_path, "3pc") as (config, _), ClusterClient(config) as client:
+        _check_concurrent_sessions(config, client, "3pc")
+
+
+def _check_concurrent_sessions(config, client: ClusterClient, suite: str) -> None:
     sessions = scale(3, 5)
     batches = 2
     alone = [_mlp_session(config, i, batches) for i in range(sessions)]
     together: list = [None] * sessions
+    spans: list = [None] * sessions
+    barrier = threading.Barrier(sessions, timeout=60)  # every session has its job open before any evaluates
     errors: list = []
 
     def run(i: int) -> None:
         try:
-            together[i] = _mlp_session(config, i, batches)
+            start = time.monotonic()
+            together[i] = _mlp_session(config, i, batches, opened=barrier)
+            spans[i] = (start, time.monotonic())
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -99,10 +116,13 @@ def test_concurrent_jobs_give_the_same_results_as_alone(cluster):
     for t in threads:
         t.join(120)
     assert not errors, errors
+    # the sessions really overlapped: each one's evaluations ran while every other session was open
+    latest_start = max(spans[i][0] for i in range(sessions))
+    assert all(spans[i][1] > latest_start for i in range(sessions)), spans
     mismatches = sum(
         not np.array_equal(a, b) for i in range(sessions) for a, b in zip(alone[i], together[i], strict=True)
     )
-    record("concurrent data-owner jobs equal solo runs", sessions * batches, mismatches)
+    record(f"concurrent data-owner jobs equal solo runs ({suite})", sessions * batches, mismatches)
     assert mismatches == 0
     assert _open_jobs(client) == {0: 0, 1: 0, 2: 0}
 
