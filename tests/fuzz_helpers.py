@@ -152,3 +152,91 @@ def mutate(data: bytes, rng: random.Random, rounds: int | None = None) -> bytes:
         else:  # a maximal varint (e.g. a length or a uint64 near 2^64)
             buf[pos:pos] = b"\xff" * rng.randint(1, 9) + b"\x01"
     return bytes(buf)
+
+
+# ------------------------------------------------------------------------------- structure-aware mutation
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def wire_fields(data: bytes) -> list[tuple[int, int, bytes]] | None:
+    """(field number, wire type, raw value) of a serialized message's fields; None if it does not parse."""
+    fields, pos = [], 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, kind = key >> 3, key & 7
+            if kind == 0:
+                start = pos
+                _, pos = _varint(data, pos)
+                value = data[start:pos]
+            elif kind == 2:
+                length, pos = _varint(data, pos)
+                value = data[pos : pos + length]
+                if len(value) != length:
+                    return None
+                pos += length
+            elif kind in (1, 5):
+                size = 8 if kind == 1 else 4
+                value = data[pos : pos + size]
+                pos += size
+            else:
+                return None
+            fields.append((number, kind, value))
+    except ValueError:
+        return None
+    return fields
+
+
+def encode_fields(fields: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray()
+    for number, kind, value in fields:
+        out += _encode_varint(number << 3 | kind)
+        out += _encode_varint(len(value)) + value if kind == 2 else value
+    return bytes(out)
+
+
+def mutate_field(data: bytes, rng: random.Random, depth: int = 0) -> bytes:
+    """Edit one field's value (recursing into nested messages) and re-encode every length, so the message
+    still parses as often as not and the edit reaches the server's own validation: a string with bad
+    UTF-8, a shape with a huge dimension, a byte count off by one, a field repeated or dropped."""
+    fields = wire_fields(data)
+    if not fields:
+        return mutate(data, rng)
+    i = rng.randrange(len(fields))
+    number, kind, value = fields[i]
+    choice = rng.random()
+    if choice < 0.1:
+        del fields[i]
+    elif choice < 0.2:
+        fields.insert(i, fields[i])  # a repeated field (the last one wins, or a list grows)
+    elif kind == 0:
+        fields[i] = (
+            number,
+            0,
+            _encode_varint(rng.choice([0, 1, 2**31, 2**63, 2**64 - 1, rng.getrandbits(64)])),
+        )
+    elif kind == 2 and depth < 3 and wire_fields(value) and rng.random() < 0.6:
+        fields[i] = (number, 2, mutate_field(value, rng, depth + 1))
+    else:
+        fields[i] = (number, kind, mutate(value, rng)[: len(value)] if kind != 2 else mutate(value, rng))
+    return encode_fields(fields)

@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
-from fuzz_helpers import FUZZ_SEED, RSS_GROWTH_BOUND, FuzzTally, mutate, outcome_of, raw_channel, rss_bytes
+from fuzz_helpers import (
+    FUZZ_SEED,
+    RSS_GROWTH_BOUND,
+    FuzzTally,
+    mutate,
+    mutate_field,
+    outcome_of,
+    raw_channel,
+    rss_bytes,
+)
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from security_report import record, scale
@@ -401,13 +410,14 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
             metadata=md,
         )
         method, kind, template = rng.choice(_valid_requests(sandbox))
+        edit = mutate_field if rng.random() < 0.5 else mutate  # half structure-aware, half raw bytes
         channel = env.dealer_channel if rng.random() < 0.2 and method != "Evaluate" else env.channel
         path = f"/secp.party.v1.Party/{method}"
         before = job_state(env, sandbox)
         if kind == "upload":
             chunks = list(template)
             j = rng.randrange(len(chunks))
-            chunks[j] = mutate(chunks[j], rng)
+            chunks[j] = edit(chunks[j], rng)
             if rng.random() < 0.3:  # a replayed chunk
                 chunks.insert(rng.randrange(len(chunks) + 1), rng.choice(chunks))
             call = channel.stream_unary(path)
@@ -415,7 +425,7 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
                 lambda call=call, chunks=chunks: call(iter(chunks), timeout=CALL_TIMEOUT_S, metadata=md)
             )
         else:
-            raw = mutate(template, rng)
+            raw = edit(template, rng)
             call = channel.unary_stream(path) if kind == "fetch" else channel.unary_unary(path)
             outcome = outcome_of(lambda call=call, raw=raw: call(raw, timeout=CALL_TIMEOUT_S, metadata=md))
         tally.check(method, outcome)

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from fuzz_helpers import FUZZ_SEED, RSS_GROWTH_BOUND, FuzzTally, Outcome, mutate, raw_channel, rss_bytes
+from fuzz_helpers import (
+    FUZZ_SEED,
+    RSS_GROWTH_BOUND,
+    FuzzTally,
+    Outcome,
+    mutate,
+    mutate_field,
+    raw_channel,
+    rss_bytes,
+)
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from security_report import record, scale
@@ -303,7 +312,7 @@ def test_peer_api_mutation_fuzzing(env: Env) -> None:
         sandbox = env.open_sandbox()
         stream = _valid_stream(sandbox)
         j = rng.randrange(len(stream))
-        stream[j] = mutate(stream[j], rng)
+        stream[j] = (mutate_field if rng.random() < 0.5 else mutate)(stream[j], rng)  # structure-aware or raw
         if rng.random() < 0.3:  # a replayed or duplicated frame
             stream.insert(rng.randrange(1, len(stream) + 1), rng.choice(stream))
         target = 2 if rng.random() < 0.2 else 1
