@@ -18,7 +18,7 @@ import grpc.aio
 from proto.api import party_pb2, party_pb2_grpc
 from proto.shares import ShareAssembler, ShareStreamError, share_chunks
 from server.authz import Authorizer
-from server.errors import RpcError, invalid
+from server.errors import RpcError, exhausted, invalid
 from server.jobs import JobManager, JobSpec, shown
 from server.programs import PROGRAMS
 from server.wire import MalformedMessage
@@ -101,7 +101,12 @@ class PartyService(party_pb2_grpc.PartyServicer):
                     )
                     self.manager.reserve_upload(job, h.nbytes)
                     reserved = h.nbytes
-                    assembler = ShareAssembler(h)
+                    try:
+                        assembler = ShareAssembler(h)
+                    except MemoryError:  # a host with strict overcommit cannot even reserve the buffer
+                        raise exhausted(
+                            f"participant {self.manager.me} cannot allocate {h.nbytes} bytes for this upload"
+                        ) from None
                 elif chunk.HasField("header"):
                     raise invalid("only the first upload chunk may carry a header")
                 try:
