@@ -61,6 +61,16 @@ STREAM_TIMEOUT_S = 10.0
 VERIFY_EVERY = 50
 IDENTITIES = ("p0", "p1", "dealer", "owner")
 EXCHANGE = "/secp.peer.v1.Peer/Exchange"
+REFUSED_AT_HELLO = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
 AFFINE = JobSpec(program="affine", suite="2pc", frac_bits=16)
 
 
@@ -107,6 +117,22 @@ class Env:
                 )
             except grpc.RpcError as exc:  # the fuzz stream may have aborted it: that is allowed
                 assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
+
+    def check_untouched(self, tally: FuzzTally, outcome: Outcome, target: int, sandbox: str) -> None:
+        """A stream refused at its hello (identity, job, spec, order, duplicate) must leave the job open
+        and untouched; one accepted and then broken or malformed aborts it by design."""
+        at_hello = outcome.code in REFUSED_AT_HELLO and "aborted on participant" not in outcome.details
+        if not at_hello:
+            return
+        try:
+            reply = self.client.stub(target).JobStatus(
+                party_pb2.JobRef(job_id=sandbox), timeout=5, metadata=self.client._metadata
+            )
+        except grpc.RpcError as exc:
+            tally.problems.append(f"refused with {outcome.code.name}, yet the job is gone: {exc.details()}")
+            return
+        if reply.state != "open" or reply.batches_done:
+            tally.problems.append(f"refused with {outcome.code.name}, yet the job is {reply.state}")
 
     def exchange(self, identity: str, target: int, frames: list[bytes]) -> Outcome:
         call = self.channels[(identity, target)].stream_stream(EXCHANGE)
@@ -278,6 +304,7 @@ def test_peer_api_property_fuzzing(env: Env) -> None:
         try:
             outcome = env.exchange(stream["identity"], stream["target"], _frames(env, stream, sandbox))
             tally.check(f"{stream['identity']}->{stream['target']}", outcome)
+            env.check_untouched(tally, outcome, stream["target"], sandbox)
             assert env.alive(), f"a server died: {stream!r:.500}"
         finally:
             env.close_sandbox(sandbox)
@@ -316,7 +343,9 @@ def test_peer_api_mutation_fuzzing(env: Env) -> None:
         if rng.random() < 0.3:  # a replayed or duplicated frame
             stream.insert(rng.randrange(1, len(stream) + 1), rng.choice(stream))
         target = 2 if rng.random() < 0.2 else 1
-        tally.check(f"p0->{target}", env.exchange("p0", target, stream))
+        outcome = env.exchange("p0", target, stream)
+        tally.check(f"p0->{target}", outcome)
+        env.check_untouched(tally, outcome, target, sandbox)
         env.close_sandbox(sandbox)
         tally.cases += 1
         assert env.alive(), f"a server died at case {i}"
