@@ -119,7 +119,7 @@ def op_cases() -> list[OpCase]:
             "layernorm",
             [128, 768],
             [_normal(128, 768, std=3.0), _normal(768, std=0.1), _normal(768, std=0.1)],
-            lambda x, w, b: _layernorm_ref(x, 1.0 + w, b),
+            _layernorm_ref,  # on the transformed inputs: the weight is already 1 + N(0, 0.1)
             notes="weight and bias shared",
             transform=lambda x, w, b: [x, 1.0 + w, b],
         ),
