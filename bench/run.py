@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from bench.machine import machine_info
@@ -153,7 +155,12 @@ def render_markdown(results: dict) -> str:
     )
     for section, (title, columns) in COLUMNS.items():
         if results.get(section):
-            lines += ["", f"## {title}", "", *markdown_table(columns, results[section])]
+            lines += ["", f"## {title}", ""]
+            when = results.get("sections", {}).get(section)
+            if when:
+                before, after = when["load_average_before_and_after"]
+                lines += [f"Measured {when['measured_at']}, load average {before} before, {after} after.", ""]
+            lines += markdown_table(columns, results[section])
     return "\n".join(lines) + "\n"
 
 
@@ -161,16 +168,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sections = _sections()
     parser.add_argument("--only", default=",".join(sections), help="comma-separated sections to measure")
+    parser.add_argument(
+        "--network", default="lan,wan", help="network section: shaping profiles to measure (others are kept)"
+    )
     args = parser.parse_args(argv)
     tune_allocator()  # as the servers do (mpc_core/allocator.py)
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest = RESULTS / "latest.json"
     results = json.loads(latest.read_text()) if latest.exists() else {}
+    profiles = tuple(args.network.split(","))
+    sections["network"] = partial(sections["network"], profiles)
     for name in args.only.split(","):
         if name not in sections:
             parser.error(f"unknown section {name!r}; choose from {sorted(sections)}")
         print(f"bench: {name}", flush=True)
-        results[name] = sections[name]()
+        load_before = os.getloadavg()[0]
+        rows = sections[name]()
+        if name == "network":  # profiles not measured this time keep their earlier rows
+            rows = [r for r in results.get(name, []) if r["network"] not in profiles] + rows
+        results[name] = rows
+        results.setdefault("sections", {})[name] = {
+            "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "load_average_before_and_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        }
     results["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["machine"] = machine_info()
     results["targets"] = evaluate(results)
