@@ -108,6 +108,12 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
             ("party CPU s", lambda r: r["party_cpu_seconds"]),
             ("MiB (all peers)", lambda r: f"{r['bytes'] / MIB:.0f}"),
             ("rounds", lambda r: r["rounds"]),
+            (
+                "measured separately",
+                lambda r: (
+                    f"{r['measured_at']}, load {r['load_average_during']}" if "measured_at" in r else ""
+                ),
+            ),
         ],
     ),
     "tuning": (
