@@ -178,8 +178,8 @@ def test_generated_grpc_code_is_current_and_regenerates_when_stale():
     }
     assert peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods_by_name["Exchange"].client_streaming
     generated = build.PROTO_DIR / "peer_pb2.py"
-    old = generated.stat().st_mtime
-    os.utime(generated, (old - 3600, old - 3600))  # older than its source: stale
+    stale = (build.PROTO_DIR / "peer.proto").stat().st_mtime - 3600  # older than its source, however old
+    os.utime(generated, (stale, stale))
     assert not build.is_current()
     build.ensure_generated()
-    assert build.is_current() and generated.stat().st_mtime > old - 3600
+    assert build.is_current() and generated.stat().st_mtime > stale
