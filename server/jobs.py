@@ -41,7 +41,8 @@ from mpc_core.transport.grpc_transport import (
     PeerLink,
     open_link,
 )
-from server.config import JOB_ID_PATTERN, TENSOR_NAME_PATTERN, ClusterConfig
+from proto.contracts import TENSOR_NAME_PATTERN
+from server.config import JOB_ID_PATTERN, ClusterConfig
 from server.errors import (
     RpcError,
     exhausted,

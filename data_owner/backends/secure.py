@@ -19,8 +19,8 @@ module expects (name :data:`TUNING_PROGRAM`):
 - inputs ``<split>.p<i>.x`` (fixed point, [n_i, T_i, H]), ``<split>.p<i>.y`` (fixed point one-hot [n_i, C],
   training split only), ``prompts`` (fixed point [P, L, H]) and, for the similarity head, ``anchors.x`` (the
   label descriptions' embedding-layer outputs [C, T', H]);
-- public parameters :class:`TuningParams` (split, wanted output, loss, head, padding mask, mask positions,
-  label-word ids, anchor mask, similarity scale, attention mode);
+- public parameters :class:`proto.contracts.TuningParams` (split, wanted output, loss, head, padding mask,
+  mask positions, label-word ids, anchor mask, similarity scale, attention mode);
 - output ``losses`` [P] or ``logits`` [P, n, C].
 """
 
@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from data_owner.encode import EncodedSplit, PublicModel
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import LossOracle, check_prompts
 from data_owner.task import Head, TaskSpec
+from proto.contracts import TuningParams
 
 if TYPE_CHECKING:
     from data_owner.client import ClusterError
@@ -45,24 +45,6 @@ if TYPE_CHECKING:
 TUNING_PROGRAM = "prompt_tuning"
 CLOSE_AFTER_FAILURE_S = 1.0
 RELEASE_TIMEOUT_S = 5.0
-
-
-class TuningParams(BaseModel):
-    """The public parameters of one evaluation (every server sees them; nothing here is secret)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    split: str
-    output: Literal["losses", "logits"]
-    loss: Literal["ce", "hinge"] = "ce"
-    head: Literal["similarity", "mlm"]
-    mask: list[list[int]]
-    mask_positions: list[int] | None = None
-    label_words: list[int] | None = None
-    anchor_mask: list[list[int]] | None = None
-    scale: float = 20.0
-    attention: str = "softmax"
-    features: int = 64
 
 
 class SecureOracle(LossOracle):

@@ -7,7 +7,7 @@ Inputs (secret-shared by the data owner, fixed point):
 * ``<split>.y`` [n, C]: one-hot labels (only when the output is ``losses``);
 * ``anchors.x`` [C, T', H]: embedding-layer outputs of the label descriptions (similarity head only).
 
-Public parameters (:class:`TuningParams`, the data owner's ``data_owner.backends.secure.TuningParams``):
+Public parameters (:class:`proto.contracts.TuningParams`, built by the data owner, validated here):
 split, output, loss, head, padding mask, mask positions and label-word ids (MLM head), anchor mask and
 scale (similarity head), attention mode and feature count.
 
@@ -23,33 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from server.config import TENSOR_NAME_PATTERN
+from proto.contracts import TuningParams
 from server.programs.base import PlanError, Program, Shape
 
 MAX_SEQUENCES = 1 << 16
-
-
-class TuningParams(BaseModel):
-    """Public parameters of one evaluation (every server sees them; nothing here is secret)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    split: str = Field(pattern=TENSOR_NAME_PATTERN.pattern)
-    output: Literal["losses", "logits"]
-    loss: Literal["ce", "hinge"] = "ce"
-    head: Literal["similarity", "mlm"]
-    mask: list[list[int]]
-    mask_positions: list[int] | None = None
-    label_words: list[int] | None = None
-    anchor_mask: list[list[int]] | None = None
-    scale: float = Field(default=20.0, gt=0, le=1000)
-    attention: Literal["softmax", "rfa", "favor"] = "softmax"
-    features: int = Field(default=64, gt=0, le=4096)
 
 
 @dataclass(frozen=True)
