@@ -41,6 +41,26 @@ def _sections() -> dict[str, object]:
 
 MIB = 2**20
 
+
+def _field(name: str, header: str | None = None) -> tuple[str, object]:
+    """A column that shows a row's field as is."""
+    return header or name, lambda r: r[name]
+
+
+def _number(name: str, spec: str, header: str | None = None) -> tuple[str, object]:
+    """A column that formats a numeric field (``spec`` as in format())."""
+    return header or name, lambda r: format(r[name], spec)
+
+
+def _mib(name: str, header: str, digits: int) -> tuple[str, object]:
+    return header, lambda r: f"{r[name] / MIB:.{digits}f}"
+
+
+SUITE, ROUNDS, PARTY_CPU = _field("suite"), _field("rounds"), _field("party_cpu_seconds", "party CPU s")
+ATTENTION = _field("attention")
+BATCH = ("batch x seq", lambda r: f"{r['batch']} x {r['seq_len']}")
+
+
 #: Per section: the table's title and its columns (header, cell formatter of one result row).
 COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
     "ring_matmul": (
@@ -57,57 +77,57 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
     "ops": (
         "ops",
         [
-            ("suite", lambda r: r["suite"]),
+            SUITE,
             ("op", lambda r: r["op"]),
             ("shape", lambda r: r["shape"]),
             ("transport", lambda r: r["transport"]),
-            ("seconds", lambda r: f"{r['seconds']:.3f}"),
-            ("party CPU s", lambda r: r["party_cpu_seconds"]),
-            ("MiB", lambda r: f"{r['bytes'] / MIB:.2f}"),
-            ("dealer MiB", lambda r: f"{r['dealer_bytes'] / MIB:.2f}"),
-            ("rounds", lambda r: r["rounds"]),
+            _number("seconds", ".3f"),
+            PARTY_CPU,
+            _mib("bytes", "MiB", 2),
+            _mib("dealer_bytes", "dealer MiB", 2),
+            ROUNDS,
             ("max abs err", lambda r: f"{r['max_abs_err']:.1e}"),
         ],
     ),
     "attention": (
         "attention (one layer's attention core, 12 heads of 64, batch 1)",
         [
-            ("suite", lambda r: r["suite"]),
-            ("attention", lambda r: r["attention"]),
+            SUITE,
+            ATTENTION,
             ("seq", lambda r: r["seq_len"]),
-            ("seconds", lambda r: f"{r['seconds']:.2f}"),
-            ("MiB", lambda r: f"{r['bytes'] / MIB:.1f}"),
-            ("dealer MiB", lambda r: f"{r['dealer_bytes'] / MIB:.1f}"),
-            ("rounds", lambda r: r["rounds"]),
+            _number("seconds", ".2f"),
+            _mib("bytes", "MiB", 1),
+            _mib("dealer_bytes", "dealer MiB", 1),
+            ROUNDS,
             ("err vs plaintext (same mode)", lambda r: f"{r['max_abs_err_vs_plaintext_same_mode']:.1e}"),
         ],
     ),
     "forward": (
         "forward (all-MiniLM-L6-v2, similarity head, in-process)",
         [
-            ("suite", lambda r: r["suite"]),
-            ("attention", lambda r: r["attention"]),
-            ("batch x seq", lambda r: f"{r['batch']} x {r['seq_len']}"),
-            ("seconds", lambda r: f"{r['seconds']:.1f}"),
+            SUITE,
+            ATTENTION,
+            BATCH,
+            _number("seconds", ".1f"),
             ("x plaintext fp32", lambda r: f"{r['seconds'] / r['plaintext_seconds']:.0f}x"),
-            ("party CPU s", lambda r: r["party_cpu_seconds"]),
-            ("MiB", lambda r: f"{r['bytes'] / MIB:.0f}"),
-            ("dealer MiB", lambda r: f"{r['dealer_bytes'] / MIB:.0f}"),
-            ("rounds", lambda r: r["rounds"]),
+            PARTY_CPU,
+            _mib("bytes", "MiB", 0),
+            _mib("dealer_bytes", "dealer MiB", 0),
+            ROUNDS,
             ("max abs logit err", lambda r: f"{r['max_abs_err']:.1e}"),
         ],
     ),
     "network": (
         "network (all-MiniLM-L6-v2 forward over gRPC, shaped peer links, similarity head)",
         [
-            ("suite", lambda r: r["suite"]),
+            SUITE,
             ("network", lambda r: r["network"]),
-            ("attention", lambda r: r["attention"]),
-            ("batch x seq", lambda r: f"{r['batch']} x {r['seq_len']}"),
-            ("seconds", lambda r: f"{r['seconds']:.1f}"),
-            ("party CPU s", lambda r: r["party_cpu_seconds"]),
-            ("MiB (all peers)", lambda r: f"{r['bytes'] / MIB:.0f}"),
-            ("rounds", lambda r: r["rounds"]),
+            ATTENTION,
+            BATCH,
+            _number("seconds", ".1f"),
+            PARTY_CPU,
+            _mib("bytes", "MiB (all peers)", 0),
+            ROUNDS,
             (
                 "measured separately",
                 lambda r: (
@@ -120,10 +140,10 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
         "tuning (one CMA-ES generation: popsize 20 x 32 SST-2 rows, L = 5, d = 50, softmax)",
         [
             ("backend", lambda r: r["backend"]),
-            ("seconds", lambda r: f"{r['seconds']:.1f}"),
+            _number("seconds", ".1f"),
             ("party CPU s", lambda r: r.get("party_cpu_seconds", "-")),
-            ("MiB (all peers)", lambda r: f"{r['bytes'] / MIB:.0f}"),
-            ("rounds", lambda r: r["rounds"]),
+            _mib("bytes", "MiB (all peers)", 0),
+            ROUNDS,
             (
                 "max abs loss err vs plain",
                 lambda r: f"{r['max_abs_loss_err']:.1e}" if "max_abs_loss_err" in r else "-",
