@@ -1,10 +1,11 @@
 """Fault injection on a real secure tuning run: a server or the dealer killed or paused at a random point.
 
 Issue #4, item 2.  One local cluster per suite (real server processes, mutual TLS) serves a tiny shared
-model; an uninterrupted ``secp-tune run`` gives the reference.  Each trial then starts the same run (same
-seed) and, at a point drawn from a seeded generator (after a random number of completed generations plus a
-random fraction of a generation), SIGKILLs or SIGSTOPs one participant (P0, P1, or the dealer / P2).  Every
-trial must show that
+model; an uninterrupted run (in process, the configuration the CLI gets; it also checks that its candidates
+are farther apart than the secure noise, ``MARGIN``) gives the reference.  Each trial then starts the same
+run with ``secp-tune run`` (same seed) and, at a point drawn from a seeded generator (after a random number
+of completed generations plus a random fraction of a generation), SIGKILLs or SIGSTOPs one participant (P0,
+P1, or the dealer / P2).  Every trial must show that
 
 * the data owner stops with one clear ``error:`` line naming the failed participant and the resume command
   (exit code 3), no traceback, within its deadline (the cluster's call deadline plus the client's probe);
@@ -16,7 +17,8 @@ trial must show that
   secure evaluation (``LOSS_TOL``, at 24 fractional bits);
 * afterwards no server holds any job (neither the resumed run's nor the interrupted one's).
 
-Trials per suite: ``scale(2, 20)`` (2 in `make test`, 20 in `make test-security`).
+Trials per suite: ``scale(2, 20)`` (2 in `make test`, 20 in `make test-security`).  The last test kills
+the data owner itself at random instants (``scale(2, 20)`` kills): no torn file, ever.
 """
 
 from __future__ import annotations
