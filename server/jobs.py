@@ -42,6 +42,7 @@ from mpc_core.transport.grpc_transport import (
     open_link,
 )
 from proto.contracts import TENSOR_NAME_PATTERN
+from server.code_digest import protocol_code_digest
 from server.config import JOB_ID_PATTERN, ClusterConfig
 from server.errors import (
     RpcError,
@@ -86,6 +87,7 @@ class JobSpec:
                 "frac_bits": self.frac_bits,
                 "model_digest": self.model_digest,
                 "test_seed": hashlib.sha256(self.test_seed).hexdigest() if self.test_seed else "",
+                "protocol_code": protocol_code_digest(),
             },
             sort_keys=True,
         )
@@ -468,7 +470,10 @@ class JobManager:
             raise invalid(f"participant {peer} must wait for participant {self.me} to open their stream")
         job = self.get(job_id)
         if digest != job.digest:
-            raise precondition(f"participant {peer} holds a different spec for job {job_id!r}")
+            raise precondition(
+                f"participant {peer} holds a different spec for job {job_id!r}: program, suite, fixed point, "
+                "model or the servers' engine code differ (all servers must run the same release)"
+            )
         waiter = job.incoming.get(peer)
         if waiter is not None and waiter.done():
             raise RpcError(
