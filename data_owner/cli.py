@@ -148,7 +148,11 @@ def main() -> None:
 @click.option("--eval-every", type=int, default=None, help="score the dev set every N calls")
 @click.option("--k-shot", type=int, default=None, help="resample k examples per class from train and dev")
 @click.option("--max-length", type=int, default=None)
-@click.option("--placeholder", default=None, help="token whose rows carry the prompt")
+@click.option(
+    "--placeholder",
+    default=None,
+    help="token whose rows carry the prompt [unknown token]; 'none': add the prompt to the text's first rows",
+)
 @click.option("--attention", type=click.Choice(["softmax", "rfa", "favor"]), default=None)
 @click.option("--features", type=int, default=None, help="random features for rfa/favor attention")
 @click.option(

@@ -51,7 +51,9 @@ class RunConfig(BaseModel):
     )
     max_length: int = Field(default=128, ge=8)
     placeholder: str | None = Field(
-        default=None, description="token whose rows carry the prompt (default: the tokenizer's unknown token)"
+        default=None,
+        description="token whose rows carry the prompt (default: the tokenizer's unknown token); 'none': no "
+        "placeholder rows, the prompt is added to the first L rows of the text (z = 0 is the plain input)",
     )
     attention: Literal["softmax", "rfa", "favor"] = Field(
         default="softmax", description="attention the servers compute (random-feature modes lose accuracy)"

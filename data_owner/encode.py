@@ -1,10 +1,13 @@
 """Turning examples into embedding-layer outputs with the PUBLIC embedding layer (DESIGN.md §1-2).
 
 Input ids follow BBT: ``[CLS] <L placeholder tokens> <template with the text filled in> [SEP]``; the tuned
-prompt is later ADDED to rows ``1..L``.  Only the text slots are truncated to fit ``max_length``, so the
-template words and ``<mask>`` always survive.  The embedding layer (word + position + token-type
-embeddings, then LayerNorm; ``mpc_core.nn.embedding``) is public, so the data owner computes it in float64
-itself and shares only its output.  Everything here runs at the data owner; nothing here is sent anywhere.
+prompt is later ADDED to rows ``1..L``.  With the placeholder ``none`` (NO_PLACEHOLDER) there are no
+placeholder rows: the prompt is added to the first L rows of the filled template itself, so the zero prompt
+(z = 0) is exactly the model's own zero-shot input.  Only the text slots are truncated to fit
+``max_length``, so the template words and ``<mask>`` always survive.  The embedding layer (word + position
++ token-type embeddings, then LayerNorm; ``mpc_core.nn.embedding``) is public, so the data owner computes it
+in float64 itself and shares only its output.  Everything here runs at the data owner; nothing here is
+sent anywhere.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ def load_tokenizer(model_dir: Path):
         raise DataOwnerError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
 
 
+#: ``--placeholder none``: no placeholder rows, the prompt is added to the template's first L rows.
+NO_PLACEHOLDER = "none"
+
+
 class Encoder:
     """Builds input ids for a task and head, and embeds them with the public embedding layer."""
 
@@ -118,6 +125,18 @@ class Encoder:
         self.head = head
         self.L = prompt_length
         self.max_length = max_length
+        self.placeholder_id, self.placeholders = self._placeholder(tokenizer, placeholder)
+        self.pieces = _split_template(strip_prompt_mark(task.template_for(head)))
+        fixed = 2 + self.placeholders + sum(len(self._literal(p)) for kind, p in self.pieces if kind == "lit")
+        if fixed + len(task.slots) > max_length:
+            raise DataOwnerError(
+                f"max_length {max_length} leaves no room for text after the template and prompt"
+            )
+
+    def _placeholder(self, tokenizer, placeholder: str | None) -> tuple[int, int]:
+        """(token id, number of rows) of the rows that carry the prompt; (-1, 0) for NO_PLACEHOLDER."""
+        if placeholder == NO_PLACEHOLDER:
+            return -1, 0
         placeholder = placeholder or tokenizer.unk_token  # default: the unknown token, in every vocabulary
         ids = tokenizer.convert_tokens_to_ids([placeholder])
         if (
@@ -126,13 +145,7 @@ class Encoder:
             or (ids[0] == tokenizer.unk_token_id and placeholder != tokenizer.unk_token)
         ):
             raise DataOwnerError(f"placeholder token {placeholder!r} is not in the tokenizer's vocabulary")
-        self.placeholder_id = int(ids[0])
-        self.pieces = _split_template(strip_prompt_mark(task.template_for(head)))
-        fixed = 2 + self.L + sum(len(self._literal(p)) for kind, p in self.pieces if kind == "lit")
-        if fixed + len(task.slots) > max_length:
-            raise DataOwnerError(
-                f"max_length {max_length} leaves no room for text after the template and prompt"
-            )
+        return int(ids[0]), self.L
 
     def _literal(self, text: str) -> list[int]:
         text = text.replace(MASK_MARK, f" {self.tok.mask_token} " if self.tok.mask_token else " ")
@@ -144,11 +157,11 @@ class Encoder:
             s: list(self.tok(example.texts[s], add_special_tokens=False)["input_ids"])
             for s in self.task.slots
         }
-        budget = self.max_length - 2 - self.L - sum(len(v) for k, v in lits if k == "lit")
+        budget = self.max_length - 2 - self.placeholders - sum(len(v) for k, v in lits if k == "lit")
         while sum(len(t) for t in texts.values()) > budget:  # trim the longest text slot first
             longest = max(texts, key=lambda s: len(texts[s]))
             texts[longest] = texts[longest][:-1]
-        ids = [self.tok.cls_token_id] + [self.placeholder_id] * self.L
+        ids = [self.tok.cls_token_id] + [self.placeholder_id] * self.placeholders
         for kind, value in lits:
             ids.extend(value if kind == "lit" else texts[value])
         ids.append(self.tok.sep_token_id)
@@ -156,7 +169,9 @@ class Encoder:
 
     def encode(self, examples: list[Example]) -> EncodedSplit:
         seqs = [self.token_ids(e) for e in examples]
-        T = max(len(s) for s in seqs)
+        # rows 1..L carry the prompt; without placeholder rows an example shorter than L tokens also has it
+        # on its [SEP] and padding rows (padding is masked, so there it has no effect)
+        T = max(max(len(s) for s in seqs), self.L + 1)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         ids = np.full((len(seqs), T), pad, dtype=np.int64)
         att = np.zeros((len(seqs), T), dtype=np.int64)

@@ -24,6 +24,25 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return tiny_setup(tmp_path_factory.mktemp("tiny"))
 
 
+def test_without_placeholder_rows_the_zero_prompt_is_the_plain_input(tiny) -> None:
+    """--placeholder none: no [UNK] rows; the prompt lands on the template's first L rows, so z = 0 scores
+    exactly like the input without any prompt, and a nonzero prompt moves the losses."""
+    model, data, task = tiny
+    with_rows = open_session(tiny_config(model, data, task, head="similarity"))
+    plain = open_session(tiny_config(model, data, task, head="similarity", placeholder="none"))
+    tok = plain.encoder.tok
+    rows, none = with_rows.splits["train"], plain.splits["train"]
+    assert not (none.input_ids == tok.unk_token_id).any()
+    assert (none.attention_mask.sum(1) == rows.attention_mask.sum(1) - 3).all()  # three rows fewer
+    zero = np.zeros((1, 3, none.embeds.shape[-1]))
+    prompt = plain.projection(np.ones((1, 8)))
+    z0, moved = plain.oracle.losses(zero)[0], plain.oracle.losses(prompt)[0]
+    assert abs(z0 - with_rows.oracle.losses(zero)[0]) > 1e-6  # the [UNK] rows change the zero-shot input
+    assert abs(moved - z0) > 1e-6
+    with_rows.close()
+    plain.close()
+
+
 def test_input_ids_put_the_prompt_after_cls_and_keep_the_template(tiny) -> None:
     model, data, task = tiny
     s = open_session(tiny_config(model, data, task, head="similarity", max_length=12))
