@@ -240,3 +240,31 @@ def mutate_field(data: bytes, rng: random.Random, depth: int = 0) -> bytes:
     else:
         fields[i] = (number, kind, mutate(value, rng)[: len(value)] if kind != 2 else mutate(value, rng))
     return encode_fields(fields)
+
+
+def finish_fuzz(
+    api: str,
+    tally: FuzzTally,
+    rss_before: dict[int, int],
+    seconds: float,
+    *,
+    verify: Callable[[], None],
+    rss: Callable[[], dict[int, int]],
+    client,
+) -> None:
+    """End of a fuzz run: the reference job still works, the row is recorded, and every case passed with
+    bounded server memory and no fuzz job left open."""
+    from security_report import record
+
+    verify()
+    growth = {p: after - rss_before[p] for p, after in rss().items()}
+    record(
+        f"fuzz {api} API ({tally.name})",
+        tally.cases,
+        len(tally.problems),
+        note=f"{seconds:.0f} s; codes {tally.codes}; max RSS growth {max(growth.values()) >> 20} MiB",
+    )
+    assert not tally.problems, tally.summary()
+    assert all(g < RSS_GROWTH_BOUND for g in growth.values()), f"server memory grew: {growth}"
+    infos = client.server_info()
+    assert all(info.open_jobs == 1 for info in infos.values()), "fuzz jobs were left open"

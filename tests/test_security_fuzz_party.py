@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from fuzz_helpers import (
     FUZZ_SEED,
-    RSS_GROWTH_BOUND,
     FuzzTally,
+    finish_fuzz,
     mutate,
     mutate_field,
     outcome_of,
@@ -315,18 +315,8 @@ MUTATION_CASES = scale(300, 1000)
 
 
 def _finish(env: Env, tally: FuzzTally, rss_before: dict[int, int], seconds: float) -> None:
-    env.reference.verify()
-    growth = {p: after - rss_before[p] for p, after in env.rss().items()}
-    record(
-        f"fuzz party API ({tally.name})",
-        tally.cases,
-        len(tally.problems),
-        note=f"{seconds:.0f} s; codes {tally.codes}; max RSS growth {max(growth.values()) >> 20} MiB",
-    )
-    assert not tally.problems, tally.summary()
-    assert all(g < RSS_GROWTH_BOUND for g in growth.values()), f"server memory grew: {growth}"
-    infos = env.client.server_info()
-    assert all(info.open_jobs == 1 for info in infos.values()), "fuzz jobs were left open"
+    verify = env.reference.verify
+    finish_fuzz("party", tally, rss_before, seconds, verify=verify, rss=env.rss, client=env.client)
 
 
 def test_party_api_property_fuzzing(env: Env) -> None:
