@@ -24,9 +24,6 @@ from server.wire import MalformedMessage
 
 log = logging.getLogger(__name__)
 
-#: How :class:`~mpc_core.transport.grpc_transport.PeerLink` names a link closed for malformed frames.
-MALFORMED_PREFIX = "malformed traffic"
-
 
 class PeerService(peer_pb2_grpc.PeerServicer):
     def __init__(self, manager: JobManager, authz: Authorizer, settings: LinkSettings) -> None:
@@ -72,7 +69,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             link.close(f"participant {peer} disconnected", notify=False)
             raise
         reason = link.closed_reason or ""
-        if reason.startswith(MALFORMED_PREFIX):
+        if link.malformed:
             # The caller sent frames that are not a well-formed tensor stream: say so in the status
             # (otherwise the call would end OK after the job was aborted here).
             await context.abort(

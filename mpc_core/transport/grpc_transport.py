@@ -326,6 +326,7 @@ class PeerLink:
         self._unwritten = 0
         self._written = threading.Condition()
         self._closed_reason: str | None = None
+        self._malformed = False
         self._done = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -343,6 +344,11 @@ class PeerLink:
     @property
     def closed_reason(self) -> str | None:
         return self._closed_reason
+
+    @property
+    def malformed(self) -> bool:
+        """Whether the peer's frames were not a well-formed tensor stream (the link was closed for it)."""
+        return self._malformed
 
     # ------------------------------------------------------------------ engine side (any thread)
     def send(self, tag: str, payload: np.ndarray) -> None:
@@ -501,6 +507,7 @@ class PeerLink:
         except grpc.aio.AioRpcError as exc:
             self._fail(f"the stream with {who} broke: {exc.code().name}: {exc.details()}")
         except ProtocolError as exc:
+            self._malformed = True
             self._fail(f"malformed traffic from {who}: {exc}")
         except Exception as exc:
             self._fail(f"the stream with {who} failed: {type(exc).__name__}: {exc}")
