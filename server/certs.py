@@ -81,8 +81,20 @@ def create_authority(common_name: str = "secp local CA", days: int = 365) -> Aut
     return Authority(key, cert)
 
 
-def issue(authority: Authority, name: str, *, server: bool = True, days: int = 365) -> tuple[bytes, bytes]:
-    """A (certificate PEM, key PEM) for identity ``name``; ``server`` adds the server-auth usage."""
+def issue(
+    authority: Authority,
+    name: str,
+    *,
+    server: bool = True,
+    days: int = 365,
+    valid_from: dt.datetime | None = None,
+) -> tuple[bytes, bytes]:
+    """A (certificate PEM, key PEM) for identity ``name``; ``server`` adds the server-auth usage.
+
+    Valid for ``days`` from ``valid_from`` (default: now); tests pass other windows for expired and
+    not-yet-valid certificates.
+    """
+    start = _now() if valid_from is None else valid_from
     key = ec.generate_private_key(ec.SECP256R1())
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
     cert = (
@@ -91,8 +103,8 @@ def issue(authority: Authority, name: str, *, server: bool = True, days: int = 3
         .issuer_name(authority.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now())
-        .not_valid_after(_now() + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)

@@ -19,16 +19,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from security_report import record
 
 from data_owner.client import ClusterClient
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, party_pb2_grpc, peer_pb2, peer_pb2_grpc
-from server.certs import Authority, create_authority, issue, load_authority, write_private
+from server.certs import create_authority, issue, load_authority, write_private
 from server.config import load_config
 from server.jobs import JobSpec
 from server.launcher import LocalCluster
@@ -42,27 +38,6 @@ FP = FixedPoint()
 SERVERS = {0: "p0", 1: "p1", 2: "dealer"}
 # Callers whose certificate the TLS handshake refuses (gRPC reports UNAVAILABLE before any RPC).
 UNVERIFIABLE = ("no-certificate", "rogue-owner", "expired-owner", "future-owner")
-
-
-def _issue_at(authority: Authority, name: str, start: dt.datetime, end: dt.datetime) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(authority.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(authority.key, hashes.SHA256())
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), pem
 
 
 def _save(certs: Path, label: str, pair: tuple[bytes, bytes]) -> None:
@@ -83,12 +58,12 @@ def env(tmp_path_factory) -> Iterator[tuple]:
         _save(
             certs,
             "expired-owner",
-            _issue_at(authority, owner, now - dt.timedelta(days=30), now - dt.timedelta(days=1)),
+            issue(authority, owner, server=False, valid_from=now - dt.timedelta(days=30), days=29),
         )
         _save(
             certs,
             "future-owner",
-            _issue_at(authority, owner, now + dt.timedelta(days=1), now + dt.timedelta(days=30)),
+            issue(authority, owner, server=False, valid_from=now + dt.timedelta(days=1), days=29),
         )
         job = client.open_job("affine")
         rng = np.random.default_rng(0)
