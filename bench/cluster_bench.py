@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.grpc_ops_bench import process_cpu_seconds
+from bench.grpc_ops_bench import cluster_cpu_seconds
 from bench.model_bench import minilm_folder
 from data_owner.config import RunConfig
 from data_owner.session import Session, open_session
@@ -72,10 +72,6 @@ def minilm_cluster(suite: str, network: str = "none") -> Iterator[tuple[Path, ob
         yield Path(tmp) / "cluster.yaml", cluster
 
 
-def _cpu(cluster) -> list[float]:
-    return [process_cpu_seconds(cluster.procs[p].pid) for p in sorted(cluster.procs)]
-
-
 def _session(task: str, backend: str, suite: str, cluster: Path | None, **extra) -> Session:
     model = minilm_folder() if backend == "plain" else shared_minilm(suite)
     config = RunConfig(
@@ -99,10 +95,10 @@ def _prompts(session: Session, count: int, seed: int) -> np.ndarray:
 
 
 def _secure_row(session: Session, cluster, run) -> tuple[dict, np.ndarray]:
-    cpu0, wall = _cpu(cluster), time.perf_counter()
+    cpu0, wall = cluster_cpu_seconds(cluster), time.perf_counter()
     value = run()
     wall = time.perf_counter() - wall
-    cpu = [round(b - a, 2) for a, b in zip(cpu0, _cpu(cluster), strict=True)]
+    cpu = [round(b - a, 2) for a, b in zip(cpu0, cluster_cpu_seconds(cluster), strict=True)]
     cost = session.oracle.cost
     return {
         "seconds": round(wall, 2),

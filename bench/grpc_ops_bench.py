@@ -31,7 +31,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK
 
 
-def _cpu(cluster: LocalCluster) -> list[float]:
+def cluster_cpu_seconds(cluster: LocalCluster) -> list[float]:
+    """CPU seconds of every server process of a local cluster, in participant order."""
     return [process_cpu_seconds(cluster.procs[p].pid) for p in sorted(cluster.procs)]
 
 
@@ -60,9 +61,9 @@ def _one(client: ClusterClient, cluster: LocalCluster, suite: str, case, fp: Fix
             job.upload(name, fp.encode(value))
         if case.prepare is not None:  # the fixed weight's mask is opened by a first, untimed batch
             job.evaluate(params={"op": case.op})
-        before, cpu_before = job.metrics(), _cpu(cluster)
+        before, cpu_before = job.metrics(), cluster_cpu_seconds(cluster)
         job.evaluate(params={"op": case.op})
-        after, cpu_after = job.metrics(), _cpu(cluster)
+        after, cpu_after = job.metrics(), cluster_cpu_seconds(cluster)
         output = job.reveal_float("y")
     finally:
         job.close()

@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.harness import Prepare, measure
 from mpc_core.tensor import SharedTensor
-from server.programs.ops import BERT_BASE, BERT_LAYER_WEIGHTS, OPS, bert_layer_config
+from server.programs.ops import BERT_BASE, BERT_LAYER_SHAPES, BERT_LAYER_WEIGHTS, OPS, bert_layer_forward
 
 
 @dataclass
@@ -49,28 +49,16 @@ def _layernorm_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _bert_layer_ref(x: np.ndarray, *weights: np.ndarray) -> np.ndarray:
     """The same block in float64 (mpc_core.nn's plaintext backend: exact softmax, GELU, LayerNorm)."""
     from mpc_core.nn.backend import PlainBackend
-    from mpc_core.nn.config import AttentionConfig
-    from mpc_core.nn.encoder import encoder_layer
 
-    backend = PlainBackend(dict(zip(BERT_LAYER_WEIGHTS, weights, strict=True)))
-    mask = np.ones((1, x.shape[0]), dtype=np.int64)
-    return encoder_layer(backend, bert_layer_config(), AttentionConfig(mode="softmax"), 0, x[None], mask)[0]
+    return bert_layer_forward(PlainBackend(dict(zip(BERT_LAYER_WEIGHTS, weights, strict=True))), x)
 
 
 def _bert_layer_inputs() -> list[Callable[[np.random.Generator], np.ndarray]]:
     """x ~ N(0, 1) [128, 768]; matrices and biases N(0, 0.02); LayerNorm weights 1 + N(0, 0.02)."""
-    h, f = BERT_BASE["hidden"], BERT_BASE["intermediate"]
-    shapes = {"attn.q": (h, h), "attn.k": (h, h), "attn.v": (h, h), "attn.out": (h, h)}
-    shapes |= {"ffn.in": (h, f), "ffn.out": (f, h)}
-    makers = [_normal(128, h)]
-    for name in BERT_LAYER_WEIGHTS:
-        part, kind = name.removeprefix("layer.0.").rsplit(".", 1)
-        if part.endswith(".ln"):
-            makers.append(lambda r, kind=kind: (1.0 if kind == "weight" else 0.0) + r.normal(0, 0.02, h))
-        elif kind == "weight":
-            makers.append(_normal(*shapes[part], std=0.02))
-        else:
-            makers.append(_normal(shapes[part][1], std=0.02))
+    makers = [_normal(128, BERT_BASE["hidden"])]
+    for name, shape in BERT_LAYER_SHAPES.items():
+        offset = 1.0 if name.endswith(".ln.weight") else 0.0
+        makers.append(lambda r, shape=shape, offset=offset: offset + r.normal(0.0, 0.02, size=shape))
     return makers
 
 

@@ -21,6 +21,11 @@ _ZERO_BLOCK = bytes(1 << 22)
 _SLACK_WORDS = 2
 
 
+def _shape_and_count(shape: tuple[int, ...] | int) -> tuple[tuple[int, ...], int]:
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return shape, int(np.prod(shape, dtype=np.int64))
+
+
 def fresh_seed() -> bytes:
     """A seed from the operating system's cryptographic source."""
     return secrets.token_bytes(SEED_BYTES)
@@ -45,8 +50,7 @@ class PRG:
         The keystream is written straight into the result, a slice at a time from one zero block: no
         zero input, keystream copy or conversion of the whole size (this runs for every mask and share).
         """
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        count = int(np.prod(shape, dtype=np.int64))
+        shape, count = _shape_and_count(shape)
         out = np.empty(count + _SLACK_WORDS, dtype=RING_DTYPE)  # update_into wants a block of room
         raw = memoryview(out).cast("B")
         total = 8 * count
@@ -58,8 +62,7 @@ class PRG:
 
     def bits(self, shape: tuple[int, ...] | int) -> np.ndarray:
         """Uniform bits (0 or 1) as ring elements, eight from each keystream byte."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        count = int(np.prod(shape, dtype=np.int64))
+        shape, count = _shape_and_count(shape)
         packed = np.frombuffer(self.random_bytes(-(-count // 8)), dtype=np.uint8)
         return np.unpackbits(packed, count=count).astype(RING_DTYPE).reshape(shape)
 

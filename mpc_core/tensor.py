@@ -231,9 +231,7 @@ class SharedTensor:
         gets a cheaper comparison: only the bits from ``resolution`` up to ``bound`` enter the carry tree
         (e.g. 14 instead of 63 for bound 240 and resolution 2^-6).  Outside the bound the bit is garbage.
         """
-        if bound is None and resolution is None:
-            return self._like(self.ctx.suite.msb(self.data), 0)
-        low_bit, sign_bit = msb_window(self.scale, bound, resolution)
+        low_bit, sign_bit = msb_window(self.scale, bound, resolution)  # (0, 63) when neither is given
         return self._like(self.ctx.suite.msb(self.data, low_bit, sign_bit), 0)
 
     def trig(self, period: float, harmonics: Sequence[int]) -> tuple[list[SharedTensor], list[SharedTensor]]:

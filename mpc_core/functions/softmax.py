@@ -1,4 +1,4 @@
-"""softmax(x) along an axis: exact max subtraction, exp, one reciprocal per row, one product.
+"""softmax(x) along an axis: near-max subtraction, exp, one reciprocal per row, one product.
 
 Maths: softmax(x)_i = e^(x_i - m) / s for any shift m (the shift cancels).  m is a near-max: the pairwise
 tree of :func:`~mpc_core.functions.compare.max` with comparisons windowed to the row spread domain (240)

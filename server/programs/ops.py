@@ -36,42 +36,53 @@ def _matmul_shape(x: Shape, w: Shape) -> Shape:
 
 #: One BERT-base encoder block (hidden 768, 12 heads, FFN 3072, exact softmax attention), weights shared.
 BERT_BASE = {"hidden": 768, "heads": 12, "intermediate": 3072, "layer_norm_eps": 1e-12}
-BERT_LAYER_WEIGHTS = tuple(
-    f"layer.0.{part}.{kind}"
-    for part in ("attn.q", "attn.k", "attn.v", "attn.out", "attn.ln", "ffn.in", "ffn.out", "ffn.ln")
-    for kind in ("weight", "bias")
-)
 
 
-def bert_layer_config():
-    from mpc_core.nn.config import EncoderConfig
+def _bert_layer_shapes() -> dict[str, tuple[int, ...]]:
+    """Canonical tensor name -> shape of the block's weights, in the op's input order."""
+    h, f = BERT_BASE["hidden"], BERT_BASE["intermediate"]
+    matrices = {"attn.q": (h, h), "attn.k": (h, h), "attn.v": (h, h), "attn.out": (h, h)}
+    matrices |= {"ffn.in": (h, f), "ffn.out": (f, h)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part in ("attn.q", "attn.k", "attn.v", "attn.out", "attn.ln", "ffn.in", "ffn.out", "ffn.ln"):
+        weight = (h,) if part.endswith(".ln") else matrices[part]
+        shapes[f"layer.0.{part}.weight"] = weight
+        shapes[f"layer.0.{part}.bias"] = (weight[-1],)
+    return shapes
 
-    return EncoderConfig(
+
+BERT_LAYER_SHAPES = _bert_layer_shapes()
+BERT_LAYER_WEIGHTS = tuple(BERT_LAYER_SHAPES)
+
+
+def bert_layer_forward(backend, x):
+    """The block on one unpadded sequence x [T, H], on either backend (the secure op and its reference)."""
+    import numpy as np
+
+    from mpc_core.nn.config import AttentionConfig, EncoderConfig
+    from mpc_core.nn.encoder import encoder_layer
+
+    cfg = EncoderConfig(
         arch="bert", layers=1, vocab=1, max_positions=512, type_vocab=0, pad_token_id=0, **BERT_BASE
     )
+    mask = np.ones((1, x.shape[0]), dtype=np.int64)
+    return encoder_layer(backend, cfg, AttentionConfig(mode="softmax"), 0, x[None], mask)[0]
 
 
 def _bert_layer(x: SharedTensor, *weights: SharedTensor) -> SharedTensor:
-    """The block on x [T, H] (one sequence, no padding); 2-D weights fixed as a loaded model's are."""
-    import numpy as np
-
+    """The block on shares; 2-D weights fixed as a loaded model's are."""
     from mpc_core.nn.backend import SecureBackend
-    from mpc_core.nn.config import AttentionConfig
-    from mpc_core.nn.encoder import encoder_layer
 
     named = {
         name: w.fixed(f"op:{name}") if w.ndim == 2 else w
         for name, w in zip(BERT_LAYER_WEIGHTS, weights, strict=True)
     }
-    backend = SecureBackend(x.ctx, named)
-    mask = np.ones((1, x.shape[0]), dtype=np.int64)
-    return encoder_layer(backend, bert_layer_config(), AttentionConfig(mode="softmax"), 0, x[None], mask)[0]
+    return bert_layer_forward(SecureBackend(x.ctx, named), x)
 
 
 def _bert_layer_shape(x: Shape, *weights: Shape) -> Shape:
-    h, f = BERT_BASE["hidden"], BERT_BASE["intermediate"]
-    expected = [(h, h), (h,)] * 3 + [(h, h), (h,), (h,), (h,), (h, f), (f,), (f, h), (h,), (h,), (h,)]
-    if len(x) != 2 or x[1] != h or [tuple(w) for w in weights] != expected:
+    h = BERT_BASE["hidden"]
+    if len(x) != 2 or x[1] != h or [tuple(w) for w in weights] != list(BERT_LAYER_SHAPES.values()):
         raise PlanError(f"bert_layer needs x [T, {h}] and the BERT-base block's weights in order")
     return tuple(x)
 
