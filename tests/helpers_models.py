@@ -28,6 +28,10 @@ def _vocab(size: int) -> list[str]:
     return special + [f"w{i}" for i in range(size - len(special))]
 
 
+#: The smallest useful encoder (one layer, hidden 16): for cluster tests that run many secure batches.
+ONE_LAYER = {"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+
+
 def make_tiny_model(
     folder: str | Path, arch: str = "bert", mlm: bool = True, seed: int = 0, **overrides
 ) -> Path:

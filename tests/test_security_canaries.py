@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_models import make_tiny_model
+from helpers_models import ONE_LAYER, make_tiny_model
 from safetensors.numpy import load_file, save_file
 from security_report import record
 from test_data_owner_common import synthetic_rows, tiny_config, write_split, write_task
@@ -117,10 +117,7 @@ def planted_model(root: Path) -> Path:
         root,
         mlm=False,
         seed=4,
-        num_hidden_layers=1,
-        hidden_size=16,
-        num_attention_heads=2,
-        intermediate_size=32,
+        **ONE_LAYER,
     )
     path = model / "model.safetensors"
     tensors = load_file(str(path))

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers_models import make_tiny_model
+from helpers_models import ONE_LAYER, make_tiny_model
 from security_report import record, scale
 from test_data_owner_common import synthetic_rows, write_split, write_task
 
@@ -97,10 +97,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
         root / "model",
         mlm=False,
         seed=3,
-        num_hidden_layers=1,
-        hidden_size=16,
-        num_attention_heads=2,
-        intermediate_size=32,
+        **ONE_LAYER,
     )
     data = root / "data"
     data.mkdir()
