@@ -5,19 +5,17 @@ This module owns arithmetic on plain ring elements only: it knows nothing about 
 * Wrap-around of ``uint64`` *is* the reduction mod 2^64; signed values are read through an ``int64`` view.
 * A real number x is encoded as round(x * 2^f) in two's complement, f fractional bits (default 16).
   Encoding refuses values whose encoding would wrap (|x| >= 2^(63 - f)) and non-finite values.
-* :func:`ring_matmul` computes ``a @ b mod 2^64`` exactly on float64 BLAS: each operand is split into
-  three signed 22-bit limbs (a = a0 + 2^22 a1 + 2^44 a2), and only limb pairs with i + j <= 2 are
-  needed because 2^(22 (i + j)) vanishes mod 2^64 otherwise.  Every limb product is below 2^42 in
-  absolute value, so a partial sum over an inner dimension of at most 2^11 stays below 2^53 and is exact
-  in float64; longer inner dimensions are processed in chunks.  The six limb products are grouped into
-  three GEMMs; an operand used repeatedly (a weight) can be split once with :class:`SplitOperand`.
+* :func:`ring_matmul` computes ``a @ b mod 2^64`` exactly with torch's compiled int64 GEMM on the
+  two's-complement view (int64 arithmetic wraps mod 2^64 like uint64); checked at import.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 RING_BITS = 64
 RING_DTYPE = np.uint64
@@ -25,12 +23,6 @@ DEFAULT_FRAC_BITS = 16
 TRUNCATION_MODES = ("exact", "probabilistic")
 #: Exact truncation never wraps for raw ring values x with |x| < 2^EXACT_TRUNC_BITS.
 EXACT_TRUNC_BITS = 62
-
-LIMB_BITS = 22
-_LIMB_HALF = np.uint64(1 << (LIMB_BITS - 1))
-_LIMB_MASK = np.uint64((1 << LIMB_BITS) - 1)
-#: Largest inner dimension per GEMM chunk whose partial sums stay exact in float64 (see ring_matmul).
-MAX_EXACT_INNER = 1024
 
 
 def ring_zeros(shape: tuple[int, ...] | int) -> np.ndarray:
@@ -120,114 +112,58 @@ def truncate_public(x: np.ndarray, bits: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Exact ring matrix products on float64 BLAS
+# Exact ring matrix products on torch's compiled int64 GEMM
 # --------------------------------------------------------------------------------------------------
 
+# torch.from_numpy warns once per read-only array (arrays decoded from the wire are read-only); the
+# product only reads its operands, so the warning says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
-def split_limbs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split ring elements into signed limbs l0 + 2^22 l1 + 2^44 l2 (mod 2^64), as int64 arrays.
 
-    |l0|, |l1| <= 2^21 and |l2| <= 2^19 + 1 (the top limb carries only the last 20 bits).  In-place
-    steps keep this to a few passes over memory: it runs once per fresh operand of every product.
-    """
+def _as_int64_tensor(x: np.ndarray) -> torch.Tensor:
+    """A zero-copy int64 (two's complement) view of ring elements; copies only negative strides."""
     x = np.asarray(x, dtype=RING_DTYPE)
-    half, shift = np.int64(_LIMB_HALF), np.int64(LIMB_BITS)
-    low = x + _LIMB_HALF
-    low &= _LIMB_MASK
-    l0 = low.view(np.int64)
-    l0 -= half
-    rest = (x - l0.view(RING_DTYPE)).view(np.int64)
-    rest >>= shift
-    mid = rest.view(RING_DTYPE) + _LIMB_HALF
-    mid &= _LIMB_MASK
-    l1 = mid.view(np.int64)
-    l1 -= half
-    rest -= l1
-    rest >>= shift
-    return l0, l1, rest
+    if any(stride < 0 for stride in x.strides):
+        x = np.ascontiguousarray(x)
+    return torch.from_numpy(x.view(np.int64))
 
 
-class SplitOperand:
-    """A ring operand split into float64 limbs once, for repeated products (weights, opened masks).
-
-    The inner dimension is cut into chunks of at most :data:`MAX_EXACT_INNER`.  Per chunk, a left operand
-    is stored as [l0 | l1 | l2] along its last axis and a right operand as [l2; l1; l0] along its inner
-    axis, so the three partial products of :func:`ring_matmul` are GEMMs over prefixes (left) and
-    suffixes (right) of one array each, with no copies per product.
-    """
-
-    __slots__ = ("chunks", "shape", "side")
-
-    def __init__(self, x: np.ndarray, side: str) -> None:
-        x = np.asarray(x, dtype=RING_DTYPE)
-        if x.ndim < 2:
-            raise ValueError("ring_matmul operands need at least two dimensions")
-        if side not in ("left", "right"):
-            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-        self.shape = x.shape
-        self.side = side
-        axis = -1 if side == "left" else -2
-        inner = x.shape[axis]
-        self.chunks: list[tuple[np.ndarray, int]] = []
-        for start in range(0, inner, MAX_EXACT_INNER):
-            stop = min(start + MAX_EXACT_INNER, inner)
-            part = x[..., start:stop] if side == "left" else x[..., start:stop, :]
-            k = stop - start
-            limbs = split_limbs(part)
-            order = limbs if side == "left" else limbs[::-1]
-            cat_shape = list(part.shape)
-            cat_shape[axis] = 3 * k
-            cat = np.empty(cat_shape, dtype=np.float64)
-            for i, limb in enumerate(order):
-                if side == "left":
-                    cat[..., i * k : (i + 1) * k] = limb
-                else:
-                    cat[..., i * k : (i + 1) * k, :] = limb
-            self.chunks.append((cat, k))
-
-    @staticmethod
-    def limb_prefix(chunk: tuple[np.ndarray, int], side: str, count: int) -> np.ndarray:
-        """The first ``count`` limbs of a left chunk, or the last ``count`` limbs of a right chunk."""
-        cat, k = chunk
-        if side == "left":
-            return cat[..., : count * k]
-        return cat[..., (3 - count) * k :, :]
-
-
-def _exact_int(product: np.ndarray) -> np.ndarray:
-    """A float64 array of exact integers (|v| <= 2^53) as ring elements."""
-    return product.astype(np.int64).view(RING_DTYPE)
-
-
-def ring_matmul(a: np.ndarray | SplitOperand, b: np.ndarray | SplitOperand) -> np.ndarray:
+def ring_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact ``a @ b mod 2^64`` (numpy matmul broadcasting, both operands at least 2-D).
 
-    Three float64 GEMMs per chunk of the inner dimension: low = a0 b0, mid = [a0 a1] [b1; b0] and
-    high = [a0 a1 a2] [b2; b1; b0].  Exactness: |a0 b1|, |a1 b0| <= 2^42, so the mid sum over 2k terms
-    stays <= 2^53 for k <= 1024; the high terms are at most 1.5 * 2^42 each (the top limb has 20 bits),
-    so 3k terms stay below 2^53 as well.  Longer inner dimensions are split into chunks of 1024.
+    Runs torch's int64 GEMM on the two's-complement views: int64 products and sums wrap modulo 2^64 exactly
+    as uint64 ones do, so the low 64 bits are the ring product.  numpy's own uint64 ``@`` is a scalar loop,
+    about 20x slower; the earlier float64 limb split needed six GEMMs and was 3-7x slower.  Wrap-around of
+    signed integers is not promised by C++, so :func:`check_matmul_wraps` verifies it at import and the
+    tests compare against Python integers at extreme values.
     """
-    b_split = b if isinstance(b, SplitOperand) else SplitOperand(b, "right")
-    if not isinstance(a, SplitOperand) and np.ndim(a) > 2 and len(b_split.shape) == 2:
-        # (..., n, k) @ (k, m): one GEMM over all rows is far faster than numpy's per-matrix loop.
-        a = np.asarray(a)
-        flat = ring_matmul(a.reshape(-1, a.shape[-1]), b_split)
-        return flat.reshape(*a.shape[:-1], b_split.shape[-1])
-    a_split = a if isinstance(a, SplitOperand) else SplitOperand(a, "left")
-    if a_split.side != "left" or b_split.side != "right":
-        raise ValueError("a pre-split operand was split for the other side of the product")
-    if a_split.shape[-1] != b_split.shape[-2]:
-        raise ValueError(f"ring_matmul: inner dimensions differ ({a_split.shape} @ {b_split.shape})")
-    total = None
-    for a_chunk, b_chunk in zip(a_split.chunks, b_split.chunks, strict=True):
-        piece = _ring_matmul_split(a_chunk, b_chunk)
-        total = piece if total is None else total + piece
-    return total
+    a = np.asarray(a, dtype=RING_DTYPE)
+    b = np.asarray(b, dtype=RING_DTYPE)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError("ring_matmul operands need at least two dimensions")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"ring_matmul: inner dimensions differ ({a.shape} @ {b.shape})")
+    product = torch.matmul(_as_int64_tensor(a), _as_int64_tensor(b))
+    return product.numpy().view(RING_DTYPE)
 
 
-def _ring_matmul_split(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> np.ndarray:
-    prefix = SplitOperand.limb_prefix
-    low = _exact_int(prefix(a, "left", 1) @ prefix(b, "right", 1))
-    mid = _exact_int(prefix(a, "left", 2) @ prefix(b, "right", 2))
-    high = _exact_int(prefix(a, "left", 3) @ prefix(b, "right", 3))
-    return low + (mid << np.uint64(LIMB_BITS)) + (high << np.uint64(2 * LIMB_BITS))
+def check_matmul_wraps() -> None:
+    """Refuse to run if this torch build's int64 GEMM does not reduce mod 2^64 (e.g. saturates).
+
+    The operands mix the extremes of the ring with random values over an inner dimension long enough
+    for the blocked, vectorised kernel path; the reference is numpy's exact (slow) uint64 loop.
+    """
+    rng = np.random.default_rng(64)
+    extremes = np.array([0, 1, 2**63 - 1, 2**63, 2**64 - 1, 2**62 + 12345], dtype=RING_DTYPE)
+    a = rng.integers(0, 2**64, size=(9, 1031), dtype=RING_DTYPE)
+    b = rng.integers(0, 2**64, size=(1031, 17), dtype=RING_DTYPE)
+    a[:, ::3] = rng.choice(extremes, size=a[:, ::3].shape)
+    b[::2] = rng.choice(extremes, size=b[::2].shape)
+    if not np.array_equal(ring_matmul(a, b), a @ b):
+        raise RuntimeError(
+            f"torch {torch.__version__}: int64 matmul does not wrap modulo 2^64 on this build; "
+            "secure matrix products would be wrong, so mpc_core refuses to run"
+        )
+
+
+check_matmul_wraps()

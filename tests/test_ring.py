@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mpc_core.ring as ring_module
 from mpc_core.ring import (
-    MAX_EXACT_INNER,
     FixedPoint,
-    SplitOperand,
     as_ring,
+    check_matmul_wraps,
     ring_matmul,
     ring_scalar,
-    split_limbs,
     to_signed,
     truncate_public,
 )
@@ -47,13 +47,9 @@ EXTREMES = [
     0x7FFFF7FFFFE00000,
     0x800007FFFFDFFFFF,
 ]
-#: Operands whose signed 22-bit limbs are all at their largest magnitude: a vector of one of them makes
-#: the partial sums of ring_matmul as large as the exactness proof allows (mid = a0 b1 + a1 b0 reaches
-#: 2^53 at an inner dimension of 1024, high = a0 b2 + a1 b1 + a2 b0 reaches 1.5 * 2^52).  WORST_ODD has
-#: odd limbs, so sums beyond 2^53 would also lose their low bits: an unchunked GEMM fails at k = 1025.
-WORST_MID = 0x7FFFF7FFFFE00000  # limbs (-2^21, -2^21, 2^19)
-WORST_HIGH = 0x7FFFF800001FFFFF  # limbs (2^21 - 1, -2^21, 2^19)
-WORST_ODD = 0x800007FFFFDFFFFF  # limbs (2^21 - 1, 2^21 - 1, -2^19)
+#: Operands whose int64 products and running sums overflow on every term: a GEMM that saturated, rounded
+#: through floating point or lost the high half of a product would get these wrong.
+OVERFLOWING = [(1 << 63) - 1, 1 << 63, MOD - 1, (1 << 63) + 0x5555]
 
 ring_ints = st.one_of(st.integers(0, MOD - 1), st.sampled_from(EXTREMES))
 
@@ -176,17 +172,7 @@ def test_as_ring_rejects_floats() -> None:
         as_ring(np.array([1.5]))
 
 
-# ---------------------------------------------------------------------------------- limbs and matmul
-@settings(max_examples=300, deadline=None)
-@given(st.lists(ring_ints, min_size=1, max_size=30))
-def test_split_limbs_reconstructs_exactly(values: list[int]) -> None:
-    l0, l1, l2 = split_limbs(ring_array(values))
-    for v, a, b, c in zip(values, l0, l1, l2, strict=True):
-        a, b, c = int(a), int(b), int(c)
-        assert (a + (b << 22) + (c << 44)) % MOD == v
-        assert -(1 << 21) <= a < 1 << 21 and -(1 << 21) <= b < 1 << 21 and abs(c) <= (1 << 19) + 1
-
-
+# ---------------------------------------------------------------------------------------------- matmul
 @st.composite
 def matmul_case(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     batch = draw(st.sampled_from([(), (2,), (2, 1), (1, 3)]))
@@ -194,19 +180,15 @@ def matmul_case(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     m = draw(st.integers(1, 3))
     n = draw(st.integers(1, 3))
     k = draw(st.one_of(st.integers(1, 40), st.sampled_from([1023, 1024, 1025, 2047, 2049])))
-    fill = draw(st.sampled_from(["random", "extreme", "worst"]))
+    fill = draw(st.sampled_from(["random", "extreme", "overflowing"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     a_shape, b_shape = (*batch, m, k), (*b_batch, k, n)
     if fill == "random":
         a = rng.integers(0, MOD, size=a_shape, dtype=np.uint64)
         b = rng.integers(0, MOD, size=b_shape, dtype=np.uint64)
-    elif fill == "extreme":
-        pool = np.array(EXTREMES, dtype=np.uint64)
-        a, b = rng.choice(pool, size=a_shape), rng.choice(pool, size=b_shape)
     else:
-        worst = WORST_MID if rng.integers(2) else WORST_HIGH
-        a = np.full(a_shape, worst, dtype=np.uint64)
-        b = np.full(b_shape, worst, dtype=np.uint64)
+        pool = np.array(EXTREMES if fill == "extreme" else OVERFLOWING, dtype=np.uint64)
+        a, b = rng.choice(pool, size=a_shape), rng.choice(pool, size=b_shape)
     return a, b
 
 
@@ -222,42 +204,49 @@ def test_ring_matmul_exact_against_python_integers(case: tuple[np.ndarray, np.nd
     got = ring_matmul(a, b)
     assert got.dtype == np.uint64 and got.shape == expected.shape
     assert np.array_equal(py_ints(got), expected)
-    # Pre-split operands (weights, opened masks) give the same product, on either side.
-    assert np.array_equal(ring_matmul(SplitOperand(a, "left"), SplitOperand(b, "right")), got)
-    assert np.array_equal(ring_matmul(a, SplitOperand(b, "right")), got)
 
 
-def worst_operands(k: int, worst: int) -> tuple[np.ndarray, np.ndarray]:
-    """All-``worst`` operands, except one entry one limb unit lower so that mid sums are odd."""
-    a = np.full((2, k), worst, dtype=np.uint64)
-    b = np.full((k, 2), worst, dtype=np.uint64)
-    b[0, 0] = (worst - (1 << 22)) % MOD
-    return a, b
+@pytest.mark.parametrize("shape", [(64, 768, 96), (2, 3001, 3), (130, 70, 129)])
+@pytest.mark.parametrize("value", OVERFLOWING)
+def test_ring_matmul_overflowing_operands_at_kernel_sizes(shape: tuple[int, int, int], value: int) -> None:
+    """Shapes large enough for the blocked, vectorised kernel, every product and sum overflowing int64."""
+    n, k, m = shape
+    rng = np.random.default_rng(value % 1000)
+    a = np.full((n, k), value, dtype=np.uint64)
+    a[:, ::7] = rng.integers(0, MOD, size=a[:, ::7].shape, dtype=np.uint64)
+    b = np.full((k, m), value, dtype=np.uint64)
+    expected = reference_matmul(a[:3], b) if n > 3 else reference_matmul(a, b)
+    got = ring_matmul(a, b)
+    assert np.array_equal(py_ints(got[: expected.shape[0]]), expected)
+    assert np.array_equal(got, a @ b)  # numpy's uint64 loop wraps exactly too (slow, but a full check)
 
 
-@pytest.mark.parametrize("k", [MAX_EXACT_INNER, MAX_EXACT_INNER + 1, 2 * MAX_EXACT_INNER + 1, 3001])
-@pytest.mark.parametrize("worst", [WORST_MID, WORST_HIGH, WORST_ODD])
-def test_ring_matmul_worst_case_partial_sums(k: int, worst: int) -> None:
-    """Worst-limb operands: every partial sum is as large as the exactness proof allows."""
-    a, b = worst_operands(k, worst)
-    expected = reference_matmul(a, b)
-    assert np.array_equal(py_ints(ring_matmul(a, b)), expected)
-    assert np.array_equal(py_ints(ring_matmul(a, SplitOperand(b, "right"))), expected)
+def test_ring_matmul_takes_read_only_and_strided_operands() -> None:
+    """Arrays decoded from the wire are read-only; views may be transposed or reversed."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, MOD, size=(5, 9), dtype=np.uint64)
+    b = rng.integers(0, MOD, size=(9, 4), dtype=np.uint64)
+    expected = a @ b
+    a_ro = a.copy()
+    a_ro.flags.writeable = False
+    assert np.array_equal(ring_matmul(a_ro, b), expected)
+    assert np.array_equal(ring_matmul(a[::-1], b[:, ::-1]), expected[::-1, ::-1])
+    assert np.array_equal(ring_matmul(np.asfortranarray(a), b.T.copy().T), expected)
+    assert np.array_equal(ring_matmul(a, np.broadcast_to(b, (2, 9, 4))), np.stack([expected] * 2))
 
 
-def test_unchunked_limb_sum_would_not_be_exact() -> None:
-    """Control: for the WORST_ODD operands at k = 1025 the mid-limb sum is odd and above 2^53, so no float64
-    GEMM over the whole inner dimension can be exact: the chunking checked above is necessary, and a
-    missing chunking would make that test fail."""
-    a, b = worst_operands(MAX_EXACT_INNER + 1, WORST_ODD)
-    a0, a1, _ = split_limbs(a[0])
-    b0, b1, _ = split_limbs(b[:, 0])
-    exact_mid = sum(int(x) * int(y) for x, y in zip(a0, b1, strict=True)) + sum(
-        int(x) * int(y) for x, y in zip(a1, b0, strict=True)
-    )
-    assert exact_mid > 1 << 53 and exact_mid % 2 == 1
-    naive = np.concatenate([a0, a1]).astype(np.float64) @ np.concatenate([b1, b0]).astype(np.float64)
-    assert int(naive) != exact_mid
+def test_wraparound_check_refuses_a_kernel_that_does_not_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: the import-time check fails on a GEMM that saturates instead of wrapping."""
+
+    def saturating_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        exact = np.matmul(x.numpy().astype(object), y.numpy().astype(object))
+        clipped = np.clip(exact, -(1 << 63), (1 << 63) - 1).astype(np.int64)
+        return torch.from_numpy(clipped)
+
+    check_matmul_wraps()  # the real kernel passes
+    monkeypatch.setattr(ring_module.torch, "matmul", saturating_matmul)
+    with pytest.raises(RuntimeError, match="does not wrap"):
+        check_matmul_wraps()
 
 
 def test_ring_matmul_rejects_bad_operands() -> None:
@@ -266,10 +255,6 @@ def test_ring_matmul_rejects_bad_operands() -> None:
         ring_matmul(a, np.zeros((4, 2), dtype=np.uint64))
     with pytest.raises(ValueError, match="two dimensions"):
         ring_matmul(np.zeros(3, dtype=np.uint64), np.zeros((3, 2), dtype=np.uint64))
-    with pytest.raises(ValueError):  # a left-split operand used as the right operand
-        ring_matmul(a, SplitOperand(np.zeros((3, 2), dtype=np.uint64), "left"))
-    with pytest.raises(ValueError, match="side"):
-        SplitOperand(a, "middle")
 
 
 def test_allocator_settings_are_accepted_by_glibc() -> None:

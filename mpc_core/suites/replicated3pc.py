@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mpc_core.prg import PRG
-from mpc_core.ring import RING_DTYPE, SplitOperand, ring_matmul
+from mpc_core.ring import RING_DTYPE, ring_matmul
 from mpc_core.suites.base import Suite
 from mpc_core.suites.twoparty import TwoPartyCore, truncate_share
 from mpc_core.transport.base import ProtocolError
@@ -44,7 +44,7 @@ class Replicated3PC(Suite):
         self.next = (me + 1) % 3
         self.prev = (me - 1) % 3
         self.core = TwoPartyCore(ctx, 0, 1, 2)
-        self._fixed: dict[str, tuple[SplitOperand, SplitOperand]] = {}
+        self._fixed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
     def is_dealer(participant: int) -> bool:
@@ -133,7 +133,7 @@ class Replicated3PC(Suite):
             both, own = b[0] + b[1], b[0]
         else:
             if fixed_key not in self._fixed:
-                self._fixed[fixed_key] = (SplitOperand(b[0] + b[1], "right"), SplitOperand(b[0], "right"))
+                self._fixed[fixed_key] = (b[0] + b[1], b[0])
             both, own = self._fixed[fixed_key]
             if own.shape != b.shape[1:]:
                 raise ValueError(f"fixed operand {fixed_key!r} was registered with shape {own.shape}")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpc_core.ring import EXACT_TRUNC_BITS, RING_DTYPE, SplitOperand, ring_matmul, ring_scalar, to_signed
+from mpc_core.ring import EXACT_TRUNC_BITS, RING_DTYPE, ring_matmul, ring_scalar, to_signed
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
@@ -66,8 +66,8 @@ class TwoPartyCore:
         me = ctx.participant
         self.role: int | str = 0 if me == p0 else 1 if me == p1 else "dealer"
         self.other = p1 if me == p0 else p0
-        self._fixed: dict[str, tuple[SplitOperand, SplitOperand]] = {}
-        self._dealer_fixed: dict[str, SplitOperand] = {}
+        self._fixed: dict[str, np.ndarray] = {}
+        self._dealer_fixed: dict[str, np.ndarray] = {}
 
     @property
     def is_dealer(self) -> bool:
@@ -147,12 +147,13 @@ class TwoPartyCore:
         out_shape = (*np.broadcast_shapes(x.shape[:-2], y.shape[:-2]), x.shape[-2], y.shape[-1])
         a, a_parts = self._random_pair(x.shape)
         if fixed_key is not None:
-            y_split, f_split, b_split = self._fixed_operand(fixed_key, y)
+            f, b_full = self._fixed_operand(fixed_key, y)
         else:
             b, b_parts = self._random_pair(y.shape)
         if self.is_dealer:
             a_full = a_parts[0] + a_parts[1]
-            b_full = b_split if fixed_key is not None else b_parts[0] + b_parts[1]
+            if fixed_key is None:
+                b_full = b_parts[0] + b_parts[1]
             self._dealt(out_shape, lambda: ring_matmul(a_full, b_full))
             return np.zeros(out_shape, dtype=RING_DTYPE)
         c = self._dealt(out_shape, None)
@@ -160,26 +161,24 @@ class TwoPartyCore:
             (e,) = self.open([x - a])
         else:
             e, f = self.open([x - a, y - b])
-            y_split, f_split = SplitOperand(y, "right"), SplitOperand(f, "right")
-        return ring_matmul(e, y_split) + ring_matmul(a, f_split) + c
+        return ring_matmul(e, y) + ring_matmul(a, f) + c
 
-    def _fixed_operand(self, key: str, y: np.ndarray):
-        """(split y_i, split F = y - b, dealer's split b) for a fixed right operand, opened once per key."""
+    def _fixed_operand(self, key: str, y: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(opened F = y - b, None) at a party, (None, b) at the dealer: a fixed right operand's mask,
+        drawn and opened once per key and reused by every later product with it."""
         if self.is_dealer:
             if key not in self._dealer_fixed:
                 _, (p0, p1) = self._random_pair(y.shape)
-                self._dealer_fixed[key] = SplitOperand(p0 + p1, "right")
-            return None, None, self._dealer_fixed[key]
+                self._dealer_fixed[key] = p0 + p1
+            return None, self._dealer_fixed[key]
         if key not in self._fixed:
             b, _ = self._random_pair(y.shape)
             (f,) = self.open([y - b])
-            self._fixed[key] = (SplitOperand(y, "right"), SplitOperand(f, "right"))
-        y_split, f_split = self._fixed[key]
-        if y_split.shape != y.shape:
-            raise ValueError(
-                f"fixed operand {key!r} was registered with shape {y_split.shape}, got {y.shape}"
-            )
-        return y_split, f_split, None
+            self._fixed[key] = f
+        f = self._fixed[key]
+        if f.shape != y.shape:
+            raise ValueError(f"fixed operand {key!r} was registered with shape {f.shape}, got {y.shape}")
+        return f, None
 
     # ------------------------------------------------------------------ truncation
     def truncate(self, x: np.ndarray, bits: int) -> np.ndarray:
