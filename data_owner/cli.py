@@ -153,6 +153,12 @@ def main() -> None:
     default=None,
     help="token whose rows carry the prompt [unknown token]; 'none': add the prompt to the text's first rows",
 )
+@click.option(
+    "--pool",
+    type=click.Choice(["all", "text"]),
+    default=None,
+    help="rows the similarity head pools: all real tokens, or the text without the placeholder rows",
+)
 @click.option("--attention", type=click.Choice(["softmax", "rfa", "favor"]), default=None)
 @click.option("--features", type=int, default=None, help="random features for rfa/favor attention")
 @click.option(

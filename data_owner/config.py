@@ -55,6 +55,11 @@ class RunConfig(BaseModel):
         description="token whose rows carry the prompt (default: the tokenizer's unknown token); 'none': no "
         "placeholder rows, the prompt is added to the first L rows of the text (z = 0 is the plain input)",
     )
+    pool: Literal["all", "text"] = Field(
+        default="all",
+        description="rows the similarity head mean-pools: 'all' real tokens, or 'text': all but the prompt's "
+        "placeholder rows (they still take part in attention)",
+    )
     attention: Literal["softmax", "rfa", "favor"] = Field(
         default="softmax", description="attention the servers compute (random-feature modes lose accuracy)"
     )

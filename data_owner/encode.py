@@ -32,7 +32,8 @@ class EncodedSplit:
     """One split ready for the model: embedding-layer outputs and what the heads need.
 
     ``embeds`` [n, T, H] float64, ``attention_mask`` [n, T] (1 = real token), ``mask_pos`` [n] (the
-    ``<mask>`` row, -1 when the template has none), ``labels`` [n] class indices, ``onehot`` [n, C].
+    ``<mask>`` row, -1 when the template has none), ``labels`` [n] class indices, ``onehot`` [n, C],
+    ``pool_mask`` [n, T] the rows the similarity head pools (None: all real tokens).
     """
 
     embeds: np.ndarray
@@ -42,6 +43,7 @@ class EncodedSplit:
     num_classes: int
     prompt_length: int
     input_ids: np.ndarray = field(repr=False)
+    pool_mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def onehot(self) -> np.ndarray:
@@ -118,6 +120,7 @@ class Encoder:
         prompt_length: int,
         placeholder: str | None,
         max_length: int,
+        pool: str = "all",
     ) -> None:
         self.tok = tokenizer
         self.embedding = embedding
@@ -125,6 +128,9 @@ class Encoder:
         self.head = head
         self.L = prompt_length
         self.max_length = max_length
+        if pool not in ("all", "text"):
+            raise DataOwnerError(f"pool must be 'all' or 'text', got {pool!r}")
+        self.pool = pool
         self.placeholder_id, self.placeholders = self._placeholder(tokenizer, placeholder)
         self.pieces = _split_template(strip_prompt_mark(task.template_for(head)))
         fixed = 2 + self.placeholders + sum(len(self._literal(p)) for kind, p in self.pieces if kind == "lit")
@@ -188,9 +194,14 @@ class Encoder:
             raise DataOwnerError(
                 "the MLM head needs a <mask> in every example; the tokenizer has no mask token"
             )
+        pool_mask = None
+        if self.pool == "text" and self.placeholders:
+            pool_mask = att.copy()
+            pool_mask[:, 1 : 1 + self.placeholders] = 0  # the placeholder rows: attended, not pooled
         return EncodedSplit(
             embeds=self.embedding(ids),
             attention_mask=att,
+            pool_mask=pool_mask,
             mask_pos=mask_pos,
             labels=np.array([e.label for e in examples], dtype=np.int64),
             num_classes=self.task.num_classes,

@@ -78,7 +78,14 @@ def open_session(
         raise DataOwnerError(f"{config.model} has no MLM head; use --head similarity")
     tokenizer, embedding = model.tokenizer, model.embedding
     encoder = Encoder(
-        tokenizer, embedding, task, head, config.prompt_length, config.placeholder, config.max_length
+        tokenizer,
+        embedding,
+        task,
+        head,
+        config.prompt_length,
+        config.placeholder,
+        config.max_length,
+        pool=config.pool,
     )
     encoded = {s: encoder.encode(ex) for s, ex in examples.items()}
 

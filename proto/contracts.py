@@ -27,6 +27,8 @@ class TuningParams(BaseModel):
     loss: Literal["ce", "hinge"] = "ce"
     head: Literal["similarity", "mlm"]
     mask: list[list[int]]
+    #: rows the similarity head mean-pools (a subset of ``mask``); None: all of ``mask``
+    pool_mask: list[list[int]] | None = None
     mask_positions: list[int] | None = None
     label_words: list[int] | None = None
     anchor_mask: list[list[int]] | None = None

@@ -20,14 +20,17 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.mark.parametrize(
-    ("suite", "max_sequences"), [("2pc", 12), pytest.param("3pc", 0, marks=pytest.mark.slow)]
+    ("suite", "max_sequences", "pool"),
+    [("2pc", 12, "text"), pytest.param("3pc", 0, "all", marks=pytest.mark.slow)],
 )
-def test_secure_run_follows_the_plaintext_trajectory(tmp_path: Path, suite: str, max_sequences: int) -> None:
+def test_secure_run_follows_the_plaintext_trajectory(
+    tmp_path: Path, suite: str, max_sequences: int, pool: str
+) -> None:
     from server.testing import running_cluster
 
     model, data, task = tiny_setup(tmp_path)
     share_model(model, suite, tmp_path / "cluster" / "model")
-    common = dict(budget=24, popsize=6, eval_every=12)
+    common = dict(budget=24, popsize=6, eval_every=12, pool=pool)
     plain = Tuner.start(tiny_config(model, data, task, **common), tmp_path / "plain").run()
     plain_eval = evaluate(tmp_path / "plain", "test")
     cluster = str(tmp_path / "cluster" / "cluster.yaml")

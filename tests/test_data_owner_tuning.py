@@ -43,6 +43,25 @@ def test_without_placeholder_rows_the_zero_prompt_is_the_plain_input(tiny) -> No
     plain.close()
 
 
+def test_pool_text_leaves_the_placeholder_rows_out_of_the_pooling(tiny) -> None:
+    """--pool text: the [UNK] rows still take part in attention but not in the similarity head's mean, so
+    the same prompt scores differently; without placeholder rows there is nothing to leave out."""
+    model, data, task = tiny
+    pooled_all = open_session(tiny_config(model, data, task, head="similarity"))
+    text_only = open_session(tiny_config(model, data, task, head="similarity", pool="text"))
+    split = text_only.splits["train"]
+    assert pooled_all.splits["train"].pool_mask is None
+    assert (split.pool_mask[:, 1:4] == 0).all()
+    assert np.array_equal(split.pool_mask[:, 4:], split.attention_mask[:, 4:])
+    assert np.array_equal(split.pool_mask[:, 0], split.attention_mask[:, 0])
+    prompt = text_only.projection(np.ones((1, 8)))
+    assert abs(text_only.oracle.losses(prompt)[0] - pooled_all.oracle.losses(prompt)[0]) > 1e-6
+    none = open_session(tiny_config(model, data, task, head="similarity", placeholder="none", pool="text"))
+    assert none.splits["train"].pool_mask is None
+    for s in (pooled_all, text_only, none):
+        s.close()
+
+
 def test_input_ids_put_the_prompt_after_cls_and_keep_the_template(tiny) -> None:
     model, data, task = tiny
     s = open_session(tiny_config(model, data, task, head="similarity", max_length=12))

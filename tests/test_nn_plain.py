@@ -210,6 +210,47 @@ def test_candidate_losses_rank_a_better_prompt_lower(tiny):
     assert losses[0] < flipped[0]
 
 
+def test_pool_mask_leaves_rows_out_of_the_similarity_pooling(tiny):
+    """The pooling mask changes only which rows are averaged: the hidden states (attention still sees every
+    real row) are the same, and the logits equal the head applied to the mean of the chosen rows."""
+    arch, _, _, cfg, weights = tiny
+    first, last = SPECIAL[arch]
+    ids, mask = random_batch(
+        np.random.default_rng(11), 3, 9, cfg.vocab, cfg.pad_token_id, first, last, min_len=6
+    )
+    examples = PublicEmbeddings.from_tensors(cfg, weights)(ids)
+    anchors = np.random.default_rng(12).normal(size=(2, cfg.hidden))
+    head = SimilarityHead(anchors, scale=7.0)
+    B = PlainBackend(weights)
+    prompts = np.random.default_rng(13).normal(scale=0.5, size=(2, 2, cfg.hidden))
+    pool = mask.copy()
+    pool[:, 1:3] = 0
+    got = candidate_logits(B, cfg, AttentionConfig(), head, examples, prompts, mask, None, pool)
+    assert np.array_equal(
+        candidate_logits(B, cfg, AttentionConfig(), head, examples, prompts, mask, None, mask),
+        candidate_logits(B, cfg, AttentionConfig(), head, examples, prompts, mask),
+    )
+    hidden = encode(B, cfg, AttentionConfig(), insert_prompts(B, examples, prompts), np.tile(mask, (2, 1)))
+    chosen = np.tile(pool, (2, 1)).astype(bool)
+    pooled = np.stack([row[keep].mean(axis=0) for row, keep in zip(hidden, chosen, strict=True)])
+    unit = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+    expected = 7.0 * unit @ (anchors / np.linalg.norm(anchors, axis=-1, keepdims=True)).T
+    np.testing.assert_allclose(got, expected.reshape(2, 3, 2), atol=1e-10)
+    assert (
+        np.abs(got - candidate_logits(B, cfg, AttentionConfig(), head, examples, prompts, mask)).max() > 1e-6
+    )
+    shorter = mask.copy()
+    shorter[:, -1] = 0  # pooling a row the attention mask drops is refused
+    for attention_mask, bad, why in [
+        (mask, pool[:, :-1], "shape"),
+        (mask, pool * 2, "must be 0/1"),
+        (mask, 0 * pool, "at least one"),
+        (shorter, mask, "only real"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            candidate_logits(B, cfg, AttentionConfig(), head, examples, prompts, attention_mask, None, bad)
+
+
 # ---------------------------------------------------------------------------------------------- attention
 def _qkv(rng, n=2, heads=2, t=12, d=8, scale=0.4):
     q, k, v = (rng.normal(scale=scale, size=(n, heads, t, d)) for _ in range(3))

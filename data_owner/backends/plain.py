@@ -90,6 +90,7 @@ class PlainOracle(LossOracle):
                 prompts,
                 data.attention_mask[idx, :T],
                 None if mpos is None else mpos[idx],
+                None if data.pool_mask is None else data.pool_mask[idx, :T],
             )
         self.cost.seconds += time.perf_counter() - t0
         return out

@@ -8,8 +8,8 @@ Inputs (secret-shared by the data owner, fixed point):
 * ``anchors.x`` [C, T', H]: embedding-layer outputs of the label descriptions (similarity head only).
 
 Public parameters (:class:`proto.contracts.TuningParams`, built by the data owner, validated here):
-split, output, loss, head, padding mask, mask positions and label-word ids (MLM head), anchor mask and
-scale (similarity head), attention mode and feature count.
+split, output, loss, head, padding mask, pooling mask, mask positions and label-word ids (MLM head),
+anchor mask and scale (similarity head), attention mode and feature count.
 
 Output: ``losses`` [P] (one loss per candidate) or ``logits`` [P, n, C], computed by
 :func:`mpc_core.nn.candidate_losses` / :func:`~mpc_core.nn.candidate_logits` on the secure backend.
@@ -101,7 +101,11 @@ class PromptTuning(Program):
             )
         if p * n > MAX_SEQUENCES:
             raise PlanError(f"{p} candidates x {n} examples exceeds {MAX_SEQUENCES} sequences per batch")
-        _binary(params.mask, (n, t), "mask")
+        mask = _binary(params.mask, (n, t), "mask")
+        if params.pool_mask is not None:
+            pool = _binary(params.pool_mask, (n, t), "pool_mask")
+            if (pool > mask).any():
+                raise PlanError("pool_mask may only select rows that mask selects")
         if params.head == "mlm":
             if not cfg.has_mlm_head:
                 raise PlanError("the loaded model has no MLM head: use the similarity head")
@@ -142,16 +146,18 @@ class PromptTuning(Program):
         positions = (
             None if params.mask_positions is None else np.asarray(params.mask_positions, dtype=np.int64)
         )
+        pool = None if params.pool_mask is None else np.asarray(params.pool_mask, dtype=np.int64)
         if params.head == "mlm":
             head = MLMHead(label_word_ids=tuple(params.label_words))
         else:
             head = self._anchor_head(ctx, backend, cfg, inputs["anchors.x"], params, state)
         examples, prompts = inputs[f"{params.split}.x"], inputs["prompts"]
         if params.output == "logits":
-            return {"logits": candidate_logits(backend, cfg, attn, head, examples, prompts, mask, positions)}
+            logits = candidate_logits(backend, cfg, attn, head, examples, prompts, mask, positions, pool)
+            return {"logits": logits}
         onehot = inputs[f"{params.split}.y"]
         losses = candidate_losses(
-            backend, cfg, attn, head, examples, prompts, onehot, mask, positions, params.loss
+            backend, cfg, attn, head, examples, prompts, onehot, mask, positions, params.loss, pool_mask=pool
         )
         return {"losses": losses}
 
