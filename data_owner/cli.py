@@ -157,7 +157,7 @@ def main() -> None:
     "--pool",
     type=click.Choice(["all", "text"]),
     default=None,
-    help="rows the similarity head pools: all real tokens, or the text without the placeholder rows",
+    help="rows the similarity head pools [text]: the text without the placeholder rows, or all real tokens",
 )
 @click.option("--attention", type=click.Choice(["softmax", "rfa", "favor"]), default=None)
 @click.option("--features", type=int, default=None, help="random features for rfa/favor attention")

@@ -56,7 +56,7 @@ class RunConfig(BaseModel):
         "placeholder rows, the prompt is added to the first L rows of the text (z = 0 is the plain input)",
     )
     pool: Literal["all", "text"] = Field(
-        default="all",
+        default="text",
         description="rows the similarity head mean-pools: 'all' real tokens, or 'text': all but the prompt's "
         "placeholder rows (they still take part in attention)",
     )

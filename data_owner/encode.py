@@ -7,7 +7,9 @@ placeholder rows: the prompt is added to the first L rows of the filled template
 ``max_length``, so the template words and ``<mask>`` always survive.  The embedding layer (word + position
 + token-type embeddings, then LayerNorm; ``mpc_core.nn.embedding``) is public, so the data owner computes it
 in float64 itself and shares only its output.  Everything here runs at the data owner; nothing here is
-sent anywhere.
+sent anywhere.  By default (``pool`` "text") the placeholder rows are left out of the similarity head's
+mean pooling (``EncodedSplit.pool_mask``): they are attended to but not averaged into the sentence
+embedding, which keeps the zero prompt close to the model's own zero-shot input (docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ class Encoder:
         prompt_length: int,
         placeholder: str | None,
         max_length: int,
-        pool: str = "all",
+        pool: str = "text",
     ) -> None:
         self.tok = tokenizer
         self.embedding = embedding

@@ -47,8 +47,8 @@ def test_pool_text_leaves_the_placeholder_rows_out_of_the_pooling(tiny) -> None:
     """--pool text: the [UNK] rows still take part in attention but not in the similarity head's mean, so
     the same prompt scores differently; without placeholder rows there is nothing to leave out."""
     model, data, task = tiny
-    pooled_all = open_session(tiny_config(model, data, task, head="similarity"))
-    text_only = open_session(tiny_config(model, data, task, head="similarity", pool="text"))
+    pooled_all = open_session(tiny_config(model, data, task, head="similarity", pool="all"))
+    text_only = open_session(tiny_config(model, data, task, head="similarity"))  # the default
     split = text_only.splits["train"]
     assert pooled_all.splits["train"].pool_mask is None
     assert (split.pool_mask[:, 1:4] == 0).all()
@@ -98,8 +98,9 @@ def test_plain_oracle_equals_one_batch_of_mpc_core_nn(tiny) -> None:
         prompts,
         tr.onehot,
         tr.attention_mask,
+        pool_mask=tr.pool_mask,
     )
-    assert isinstance(o.head, SimilarityHead)
+    assert isinstance(o.head, SimilarityHead) and tr.pool_mask is not None
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
     assert len(set(np.round(got, 8))) == 5  # the prompt matters
     s.close()

@@ -6,8 +6,9 @@
   The label-word ids and mask positions are public to the servers (positions follow from the public
   lengths; the label words identify the task's verbalizer, which is revealed here).
 * :class:`SimilarityHead` (sentence encoders such as all-MiniLM-L6-v2, no MLM head): mean-pool over real
-  tokens, L2-normalise, and scale * cosine with C public label-anchor embeddings (computed once in
-  plaintext with exact softmax, :func:`similarity_anchors`).  logits = scale * u A^T with
+  tokens (or the rows a pooling mask selects, see :mod:`mpc_core.nn.batch`), L2-normalise, and
+  scale * cosine with C public label-anchor embeddings (computed once in plaintext with exact softmax,
+  :func:`similarity_anchors`).  logits = scale * u A^T with
   u = p / |p|, p = sum_t mask_t h_t / sum_t mask_t, and A the unit-norm anchors.
 """
 
