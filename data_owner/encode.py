@@ -35,7 +35,8 @@ class EncodedSplit:
 
     ``embeds`` [n, T, H] float64, ``attention_mask`` [n, T] (1 = real token), ``mask_pos`` [n] (the
     ``<mask>`` row, -1 when the template has none), ``labels`` [n] class indices, ``onehot`` [n, C],
-    ``pool_mask`` [n, T] the rows the similarity head pools (None: all real tokens).
+    ``pool_exclude`` the positions the similarity head leaves out of its mean (the placeholder rows under
+    ``--pool text``), and :attr:`pool_mask` [n, T] the rows it pools (None: all real tokens).
     """
 
     embeds: np.ndarray
@@ -45,7 +46,15 @@ class EncodedSplit:
     num_classes: int
     prompt_length: int
     input_ids: np.ndarray = field(repr=False)
-    pool_mask: np.ndarray | None = field(default=None, repr=False)
+    pool_exclude: tuple[int, ...] = ()
+
+    @property
+    def pool_mask(self) -> np.ndarray | None:
+        if not self.pool_exclude:
+            return None
+        mask = self.attention_mask.copy()
+        mask[:, list(self.pool_exclude)] = 0
+        return mask
 
     @property
     def onehot(self) -> np.ndarray:
@@ -196,14 +205,12 @@ class Encoder:
             raise DataOwnerError(
                 "the MLM head needs a <mask> in every example; the tokenizer has no mask token"
             )
-        pool_mask = None
-        if self.pool == "text" and self.placeholders:
-            pool_mask = att.copy()
-            pool_mask[:, 1 : 1 + self.placeholders] = 0  # the placeholder rows: attended, not pooled
+        # the placeholder rows: attended, not pooled
+        pool_exclude = tuple(range(1, 1 + self.placeholders)) if self.pool == "text" else ()
         return EncodedSplit(
             embeds=self.embedding(ids),
             attention_mask=att,
-            pool_mask=pool_mask,
+            pool_exclude=pool_exclude,
             mask_pos=mask_pos,
             labels=np.array([e.label for e in examples], dtype=np.int64),
             num_classes=self.task.num_classes,

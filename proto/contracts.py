@@ -27,8 +27,10 @@ class TuningParams(BaseModel):
     loss: Literal["ce", "hinge"] = "ce"
     head: Literal["similarity", "mlm"]
     mask: list[list[int]]
-    #: rows the similarity head mean-pools (a subset of ``mask``); None: all of ``mask``
-    pool_mask: list[list[int]] | None = None
+    #: positions (the same in every example) the similarity head leaves out of its mean pooling, e.g. the
+    #: prompt's placeholder rows; they still take part in attention.  A row list, not a second [n, T] mask,
+    #: so the parameters stay small (``max_params_bytes``).
+    pool_exclude: list[int] | None = None
     mask_positions: list[int] | None = None
     label_words: list[int] | None = None
     anchor_mask: list[list[int]] | None = None

@@ -57,9 +57,7 @@ def _inputs(cfg, head: str, output: str):
         secrets["anchors.x"] = rng.normal(size=(C, 5, cfg.hidden)) * 0.5
         params["anchor_mask"] = anchor_mask.tolist()
         params["scale"] = 5.0
-        pool = mask.copy()
-        pool[:, 1 : 1 + L] = 0  # the prompt rows: attended, not pooled (data owner's --pool text)
-        params["pool_mask"] = pool.tolist()
+        params["pool_exclude"] = list(range(1, 1 + L))  # the prompt rows: attended, not pooled
     return secrets, params
 
 
@@ -73,7 +71,10 @@ def _plaintext(weights, cfg, secrets, params):
         anchors = similarity_anchors(weights, cfg, secrets["anchors.x"], np.asarray(params["anchor_mask"]))
         head = SimilarityHead(anchors, scale=params["scale"])
         positions = None
-    pool = np.asarray(params["pool_mask"]) if "pool_mask" in params else None
+    pool = None
+    if "pool_exclude" in params:
+        pool = mask.copy()
+        pool[:, params["pool_exclude"]] = 0
     B = PlainBackend(weights)
     if params["output"] == "losses":
         return candidate_losses(
@@ -140,8 +141,8 @@ def test_prompt_tuning_batch_matches_in_process_and_plaintext(tmp_path, checkpoi
     assert np.allclose(value, expected, atol=5e-2), np.abs(value - expected).max()
 
 
-def test_plan_refuses_a_pool_mask_outside_the_padding_mask(checkpoint, tmp_path):
-    """The servers check the public pooling mask like the padding mask, before any share is touched."""
+def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
+    """The servers check the public pooling exclusions like the padding mask, before any share is touched."""
     from types import SimpleNamespace
 
     from proto.contracts import TuningParams
@@ -151,17 +152,15 @@ def test_plan_refuses_a_pool_mask_outside_the_padding_mask(checkpoint, tmp_path)
     manifest = share_model(checkpoint, "2pc", tmp_path / "model")
     model = SimpleNamespace(manifest={"config": manifest.config.model_dump()})
     _, params = _inputs(manifest.config, "similarity", "logits")
-    shapes = {"train.x": (N, T, manifest.config.hidden), "prompts": (P, L, manifest.config.hidden)}
-    shapes["anchors.x"] = (C, 5, manifest.config.hidden)
+    hidden = manifest.config.hidden
+    shapes = {"train.x": (N, T, hidden), "prompts": (P, L, hidden), "anchors.x": (C, 5, hidden)}
     assert PromptTuning().plan(shapes, TuningParams(**params), model) == {"logits": (P, N, C)}
-    mask = np.asarray(params["mask"])
-    outside = np.asarray(params["pool_mask"])
-    outside[mask.sum(1).argmin(), -1] = 1  # a padding row of the shortest example
-    empty = np.zeros_like(mask)
+    shortest = int(np.asarray(params["mask"]).sum(1).min())
     for bad, why in [
-        (outside, "only select rows that mask selects"),
-        (empty, "at least one"),
-        (mask[:, 1:], "shape"),
+        ([1, T], "distinct positions"),
+        ([-1], "distinct positions"),
+        ([1, 1], "distinct positions"),
+        (list(range(shortest)), "no row to pool"),
     ]:
         with pytest.raises(PlanError, match=why):
-            PromptTuning().plan(shapes, TuningParams(**{**params, "pool_mask": bad.tolist()}), model)
+            PromptTuning().plan(shapes, TuningParams(**{**params, "pool_exclude": bad}), model)

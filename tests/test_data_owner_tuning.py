@@ -50,7 +50,7 @@ def test_pool_text_leaves_the_placeholder_rows_out_of_the_pooling(tiny) -> None:
     pooled_all = open_session(tiny_config(model, data, task, head="similarity", pool="all"))
     text_only = open_session(tiny_config(model, data, task, head="similarity"))  # the default
     split = text_only.splits["train"]
-    assert pooled_all.splits["train"].pool_mask is None
+    assert pooled_all.splits["train"].pool_mask is None and split.pool_exclude == (1, 2, 3)
     assert (split.pool_mask[:, 1:4] == 0).all()
     assert np.array_equal(split.pool_mask[:, 4:], split.attention_mask[:, 4:])
     assert np.array_equal(split.pool_mask[:, 0], split.attention_mask[:, 0])

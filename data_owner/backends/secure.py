@@ -203,7 +203,7 @@ class SecureOracle(LossOracle):
             loss=loss or "ce",
             head=self.head,
             mask=data.attention_mask[rows, :T].tolist(),
-            pool_mask=None if data.pool_mask is None else data.pool_mask[rows, :T].tolist(),
+            pool_exclude=list(data.pool_exclude) or None,
             mask_positions=data.mask_pos[rows].tolist() if self.head == "mlm" else None,
             label_words=self.word_ids,
             anchor_mask=self.anchor_mask,

@@ -58,6 +58,20 @@ def _binary(rows: list[list[int]], shape: tuple[int, int], what: str) -> np.ndar
     return mask
 
 
+def _pool_mask(exclude: list[int] | None, mask: np.ndarray) -> np.ndarray | None:
+    """The similarity head's pooling mask: ``mask`` without the excluded positions (None: all of it)."""
+    if not exclude:
+        return None
+    t = mask.shape[1]
+    if len(set(exclude)) != len(exclude) or not all(0 <= r < t for r in exclude):
+        raise PlanError(f"pool_exclude must list distinct positions in [0, {t})")
+    pool = mask.copy()
+    pool[:, exclude] = 0
+    if not pool.any(axis=1).all():
+        raise PlanError("pool_exclude leaves an example with no row to pool")
+    return pool
+
+
 class PromptTuning(Program):
     name = "prompt_tuning"
     Params = TuningParams
@@ -102,10 +116,7 @@ class PromptTuning(Program):
         if p * n > MAX_SEQUENCES:
             raise PlanError(f"{p} candidates x {n} examples exceeds {MAX_SEQUENCES} sequences per batch")
         mask = _binary(params.mask, (n, t), "mask")
-        if params.pool_mask is not None:
-            pool = _binary(params.pool_mask, (n, t), "pool_mask")
-            if (pool > mask).any():
-                raise PlanError("pool_mask may only select rows that mask selects")
+        _pool_mask(params.pool_exclude, mask)
         if params.head == "mlm":
             if not cfg.has_mlm_head:
                 raise PlanError("the loaded model has no MLM head: use the similarity head")
@@ -146,7 +157,7 @@ class PromptTuning(Program):
         positions = (
             None if params.mask_positions is None else np.asarray(params.mask_positions, dtype=np.int64)
         )
-        pool = None if params.pool_mask is None else np.asarray(params.pool_mask, dtype=np.int64)
+        pool = _pool_mask(params.pool_exclude, mask)
         if params.head == "mlm":
             head = MLMHead(label_word_ids=tuple(params.label_words))
         else:
