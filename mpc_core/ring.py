@@ -121,8 +121,7 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 
 def _as_int64_tensor(x: np.ndarray) -> torch.Tensor:
-    """A zero-copy int64 (two's complement) view of ring elements; copies only negative strides."""
-    x = np.asarray(x, dtype=RING_DTYPE)
+    """A zero-copy int64 (two's complement) view of a uint64 array; copies only negative strides."""
     if any(stride < 0 for stride in x.strides):
         x = np.ascontiguousarray(x)
     return torch.from_numpy(x.view(np.int64))

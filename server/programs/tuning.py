@@ -58,7 +58,7 @@ def _binary(rows: list[list[int]], shape: tuple[int, int], what: str) -> np.ndar
     return mask
 
 
-def _pool_mask(exclude: list[int] | None, mask: np.ndarray) -> np.ndarray | None:
+def _pool_mask_without(exclude: list[int] | None, mask: np.ndarray) -> np.ndarray | None:
     """The similarity head's pooling mask: ``mask`` without the excluded positions (None: all of it)."""
     if not exclude:
         return None
@@ -116,7 +116,7 @@ class PromptTuning(Program):
         if p * n > MAX_SEQUENCES:
             raise PlanError(f"{p} candidates x {n} examples exceeds {MAX_SEQUENCES} sequences per batch")
         mask = _binary(params.mask, (n, t), "mask")
-        _pool_mask(params.pool_exclude, mask)
+        _pool_mask_without(params.pool_exclude, mask)
         if params.head == "mlm":
             if not cfg.has_mlm_head:
                 raise PlanError("the loaded model has no MLM head: use the similarity head")
@@ -157,7 +157,7 @@ class PromptTuning(Program):
         positions = (
             None if params.mask_positions is None else np.asarray(params.mask_positions, dtype=np.int64)
         )
-        pool = _pool_mask(params.pool_exclude, mask)
+        pool = _pool_mask_without(params.pool_exclude, mask)
         if params.head == "mlm":
             head = MLMHead(label_word_ids=tuple(params.label_words))
         else:
