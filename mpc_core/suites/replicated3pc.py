@@ -44,7 +44,7 @@ class Replicated3PC(Suite):
         self.next = (me + 1) % 3
         self.prev = (me - 1) % 3
         self.core = TwoPartyCore(ctx, 0, 1, 2)
-        self._fixed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._fixed: dict[str, np.ndarray] = {}  # key -> b0 + b1 of a fixed right operand
 
     @staticmethod
     def is_dealer(participant: int) -> bool:
@@ -130,14 +130,14 @@ class Replicated3PC(Suite):
 
     def matmul(self, a: np.ndarray, b: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
         if fixed_key is None:
-            both, own = b[0] + b[1], b[0]
+            both = b[0] + b[1]
         else:
             if fixed_key not in self._fixed:
-                self._fixed[fixed_key] = (b[0] + b[1], b[0])
-            both, own = self._fixed[fixed_key]
-            if own.shape != b.shape[1:]:
-                raise ValueError(f"fixed operand {fixed_key!r} was registered with shape {own.shape}")
-        z = ring_matmul(a[0], both) + ring_matmul(a[1], own)
+                self._fixed[fixed_key] = b[0] + b[1]
+            both = self._fixed[fixed_key]
+            if both.shape != b.shape[1:]:
+                raise ValueError(f"fixed operand {fixed_key!r} was registered with shape {both.shape}")
+        z = ring_matmul(a[0], both) + ring_matmul(a[1], b[0])
         return self._reshare(z + self._zero_share(z.shape))
 
     def truncate(self, data: np.ndarray, bits: int) -> np.ndarray:
