@@ -317,6 +317,10 @@ def test_a_fault_at_a_random_point_is_reported_and_the_run_resumes(tmp_path: Pat
 
 
 # ---------------------------------------------------------------------------------- the data owner killed
+#: generations of the killed run: --budget 360 / --popsize 6 in plain_args
+KILL_GENERATIONS = 60
+
+
 def plain_args(cmd: str, run: Path, tiny_plain: tuple[Path, Path, Path]) -> list[str]:
     if cmd == "resume":
         return ["resume", str(run), "--quiet"]
@@ -380,9 +384,14 @@ def test_a_data_owner_killed_at_random_points_never_leaves_a_torn_checkpoint(tmp
         proc = launch(plain_args("resume" if run.exists() else "run", run, tiny_plain))
         if rng.uniform() < 0.2:  # during set-up (reading data, encoding, scoring zero-shot)
             time.sleep(rng.uniform(0, ready_s))
-        else:  # while tuning: once this process writes its first checkpoint, within the time the run needs
+        else:  # while tuning: at a seeded random generation ahead of this process's first checkpoint, then
+            # anywhere within one generation.  Progress, not elapsed time, picks the generation: a reference
+            # run slowed by leftover load from earlier tests once made every kill land after the run ended.
             wait_for(lambda t=launched, p=proc: checkpoint_after(run, t) or p.poll() is not None, 120, 0.005)
-            time.sleep(rng.uniform(0, 2 * span_s / kills))  # the run ends near the last kill
+            done = history_lines(run)
+            target = int(rng.integers(done + 1, max(done + 2, KILL_GENERATIONS - 4)))
+            wait_for(lambda p=proc, g=target: history_lines(run) >= g or p.poll() is not None, 120, 0.005)
+            time.sleep(rng.uniform(0, span_s / KILL_GENERATIONS))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         generation, finished = check_after_kill(run, generation)
