@@ -223,8 +223,31 @@ def test_limit_defaults_are_set():
 
 
 # ---------------------------------------------------------------------------------------- shutdown
+# The short batch lasts about this long alone. Beside the long batch it runs several times slower
+# (the two jobs' threads share each server's GIL), and it must still end inside the grace below.
+SHORT_BATCH_S = 1.0
+
+
+def _rounds_lasting(job, seconds: float) -> int:
+    """How many "rounds" make a batch last about `seconds` on this machine now.
+
+    Timed as the difference of two batch sizes, so the per-batch overhead (which dominates a
+    small batch on a loaded machine) does not shrink the estimate: a short batch that ended
+    before the test saw it running once made the test fail.
+    """
+
+    def timed(rounds: int) -> float:
+        start = time.monotonic()
+        job.evaluate(params={"rounds": rounds})
+        return time.monotonic() - start
+
+    timed(20)  # warm-up: the first batch of a job plans its program
+    per_round = max(timed(300) - timed(100), 1e-3) / 200
+    return max(100, int(seconds / per_round))
+
+
 def test_sigterm_finishes_short_batches_and_aborts_long_ones(tmp_path):
-    grace = 10.0
+    grace = 20.0
     limits = {"shutdown_grace_s": grace}
     with (
         running_cluster(tmp_path, "2pc", limits=limits) as (config, processes),
@@ -233,9 +256,7 @@ def test_sigterm_finishes_short_batches_and_aborts_long_ones(tmp_path):
         short, long_, idle = (client.open_job("rounds") for _ in range(3))
         for job in (short, long_, idle):
             job.upload("x", FP.encode(np.full(2, 0.5)))
-        start = time.monotonic()
-        idle.evaluate(params={"rounds": 100})  # calibrates: the short batch should take about 1.5 s alone
-        short_rounds = max(100, int(150 / (time.monotonic() - start)))
+        short_rounds = _rounds_lasting(idle, SHORT_BATCH_S)
         outcome: dict = {}
 
         def evaluate(job, rounds: int) -> None:
@@ -252,8 +273,11 @@ def test_sigterm_finishes_short_batches_and_aborts_long_ones(tmp_path):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 10
-        while not all(s.state == "running" for j in (short, long_) for s in j.status().values()):
-            assert time.monotonic() < deadline, "the batches did not start"
+        while True:
+            states = [s.state for j in (short, long_) for s in j.status().values()]
+            if all(state == "running" for state in states):
+                break
+            assert time.monotonic() < deadline, f"the batches were not both running: {states}"
             time.sleep(0.02)
         processes.signal_one(1, signal.SIGTERM)
         time.sleep(0.5)
