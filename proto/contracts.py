@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Names of uploaded tensors and of program outputs (``<split>.p<i>.x``, ``prompts``, ``anchors.x``, ...).
@@ -26,14 +27,30 @@ class TuningParams(BaseModel):
     output: Literal["losses", "logits"]
     loss: Literal["ce", "hinge"] = "ce"
     head: Literal["similarity", "mlm"]
-    mask: list[list[int]]
+    #: real tokens per example (right padding: example i's first ``lengths[i]`` rows are real).  Lengths,
+    #: not [n, T] masks, so that the parameters of a whole test split stay under ``max_params_bytes``.
+    lengths: list[int]
     #: positions (the same in every example) the similarity head leaves out of its mean pooling, e.g. the
-    #: prompt's placeholder rows; they still take part in attention.  A row list, not a second [n, T] mask,
-    #: so the parameters stay small (``max_params_bytes``).
+    #: prompt's placeholder rows; they still take part in attention.
     pool_exclude: list[int] | None = None
     mask_positions: list[int] | None = None
     label_words: list[int] | None = None
-    anchor_mask: list[list[int]] | None = None
+    #: real tokens per anchor sentence (similarity head), right padding as ``lengths``.
+    anchor_lengths: list[int] | None = None
     scale: float = Field(default=20.0, gt=0, le=1000)
     attention: Literal["softmax", "rfa", "favor"] = "softmax"
     features: int = Field(default=64, gt=0, le=4096)
+
+
+def padding_lengths(mask: np.ndarray) -> list[int]:
+    """The ``lengths`` of a right-padded 0/1 mask [n, T]; any other mask is refused, not approximated."""
+    mask = np.asarray(mask)
+    lengths = mask.sum(axis=1).astype(np.int64)
+    if mask.ndim != 2 or not np.array_equal(mask, padding_mask(lengths, mask.shape[1])):
+        raise ValueError("the mask must be 0/1 with each row's real tokens first (right padding)")
+    return lengths.tolist()
+
+
+def padding_mask(lengths, t: int) -> np.ndarray:
+    """[n, t] int64 mask whose row i has ``lengths[i]`` leading ones."""
+    return (np.arange(t)[None, :] < np.asarray(lengths, dtype=np.int64)[:, None]).astype(np.int64)

@@ -25,6 +25,7 @@ from mpc_core.nn.weights import load_checkpoint
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
+from proto.contracts import padding_lengths, padding_mask
 from server.execute import run_in_process
 from server.model_store import load_model
 from server.testing import running_cluster
@@ -45,30 +46,36 @@ def _inputs(cfg, head: str, output: str):
     _, mask = random_batch(rng, N, T, cfg.vocab, 0, 2, 3, min_len=L + 3)
     x = rng.normal(size=(N, T, cfg.hidden)) * 0.5
     secrets = {"train.x": x, "prompts": rng.normal(size=(P, L, cfg.hidden)) * 0.05}
-    params = {"split": "train", "output": output, "head": head, "mask": mask.tolist(), "loss": "ce"}
+    params = {
+        "split": "train",
+        "output": output,
+        "head": head,
+        "lengths": padding_lengths(mask),
+        "loss": "ce",
+    }
     if output == "losses":
         secrets["train.y"] = np.eye(C)[rng.integers(0, C, size=N)]
     if head == "mlm":
         params["label_words"] = [7, 9]
         params["mask_positions"] = [int(m.sum()) - 2 for m in mask]
     else:
-        anchor_mask = np.ones((C, 5), dtype=np.int64)
-        anchor_mask[1, 4] = 0
         secrets["anchors.x"] = rng.normal(size=(C, 5, cfg.hidden)) * 0.5
-        params["anchor_mask"] = anchor_mask.tolist()
+        params["anchor_lengths"] = [5, 4]
         params["scale"] = 5.0
         params["pool_exclude"] = list(range(1, 1 + L))  # the prompt rows: attended, not pooled
     return secrets, params
 
 
 def _plaintext(weights, cfg, secrets, params):
-    mask = np.asarray(params["mask"])
+    mask = padding_mask(params["lengths"], T)
     attn = AttentionConfig(mode="softmax")
     if params["head"] == "mlm":
         head = MLMHead(tuple(params["label_words"]))
         positions = np.asarray(params["mask_positions"])
     else:
-        anchors = similarity_anchors(weights, cfg, secrets["anchors.x"], np.asarray(params["anchor_mask"]))
+        anchors = similarity_anchors(
+            weights, cfg, secrets["anchors.x"], padding_mask(params["anchor_lengths"], 5)
+        )
         head = SimilarityHead(anchors, scale=params["scale"])
         positions = None
     pool = None
@@ -155,7 +162,7 @@ def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
     hidden = manifest.config.hidden
     shapes = {"train.x": (N, T, hidden), "prompts": (P, L, hidden), "anchors.x": (C, 5, hidden)}
     assert PromptTuning().plan(shapes, TuningParams(**params), model) == {"logits": (P, N, C)}
-    shortest = int(np.asarray(params["mask"]).sum(1).min())
+    shortest = min(params["lengths"])
     for bad, why in [
         ([1, T], "distinct positions"),
         ([-1], "distinct positions"),
@@ -164,3 +171,54 @@ def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
     ]:
         with pytest.raises(PlanError, match=why):
             PromptTuning().plan(shapes, TuningParams(**{**params, "pool_exclude": bad}), model)
+
+
+def test_plan_refuses_bad_lengths(checkpoint, tmp_path):
+    """Example and anchor lengths must give one length in [1, T] per row; checked in the plan."""
+    from types import SimpleNamespace
+
+    from proto.contracts import TuningParams
+    from server.programs.base import PlanError
+    from server.programs.tuning import PromptTuning
+
+    manifest = share_model(checkpoint, "2pc", tmp_path / "model")
+    model = SimpleNamespace(manifest={"config": manifest.config.model_dump()})
+    _, params = _inputs(manifest.config, "similarity", "logits")
+    hidden = manifest.config.hidden
+    shapes = {"train.x": (N, T, hidden), "prompts": (P, L, hidden), "anchors.x": (C, 5, hidden)}
+    for field, bad in [
+        ("lengths", [T] * (N - 1)),
+        ("lengths", [T + 1] * N),
+        ("lengths", [0] + [T] * (N - 1)),
+        ("anchor_lengths", [5]),
+        ("anchor_lengths", [5, 6]),
+        ("anchor_lengths", None),
+    ]:
+        with pytest.raises(PlanError, match=field):
+            PromptTuning().plan(shapes, TuningParams(**{**params, field: bad}), model)
+
+
+def test_padding_lengths_refuses_masks_that_are_not_right_padded():
+    mask = padding_mask([3, 1, 4], 4)
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert padding_lengths(mask) == [3, 1, 4]
+    for bad in ([[0, 1, 1]], [[1, 0, 1]], [[2, 0, 0]]):
+        with pytest.raises(ValueError, match="right padding"):
+            padding_lengths(np.array(bad))
+
+
+def test_parameters_of_a_large_split_fit_the_servers_parameter_limit():
+    """Lengths, not [n, T] masks: one request over 2,000 examples of 128 tokens stays under the default
+    ``max_params_bytes`` (a mask of that size would take about 1 MB as JSON)."""
+    from proto.contracts import TuningParams
+    from server.config import Limits
+
+    params = TuningParams(
+        split="test.p0",
+        output="logits",
+        head="similarity",
+        lengths=[128] * 2000,
+        pool_exclude=list(range(1, 6)),
+        anchor_lengths=[7, 7],
+    )
+    assert len(params.model_dump_json().encode()) < Limits().max_params_bytes

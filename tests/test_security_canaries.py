@@ -170,11 +170,11 @@ def canary_job(client: ClusterClient, digest: str, cfg_hidden: int, evidence: Ev
         "output": "losses",
         "head": "similarity",
         "loss": "ce",
-        "mask": np.ones((N, T), dtype=int).tolist(),
-        "anchor_mask": np.ones((C, 4), dtype=int).tolist(),
+        "lengths": [T] * N,
+        "anchor_lengths": [4] * C,
         "scale": 20.0,
     }
-    evidence.expect_error(lambda: job.evaluate(params={**params, "mask": [[1] * (T + 1)] * N}))
+    evidence.expect_error(lambda: job.evaluate(params={**params, "lengths": [T + 1] * N}))
     job.evaluate(params=params)
     losses = job.reveal_float("losses")
     evidence.expect_error(lambda: job.fetch_shares("logits"))

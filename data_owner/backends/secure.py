@@ -19,8 +19,8 @@ module expects (name :data:`TUNING_PROGRAM`):
 - inputs ``<split>.p<i>.x`` (fixed point, [n_i, T_i, H]), ``<split>.p<i>.y`` (fixed point one-hot [n_i, C],
   training split only), ``prompts`` (fixed point [P, L, H]) and, for the similarity head, ``anchors.x`` (the
   label descriptions' embedding-layer outputs [C, T', H]);
-- public parameters :class:`proto.contracts.TuningParams` (split, wanted output, loss, head, padding mask,
-  mask positions, label-word ids, anchor mask, similarity scale, attention mode);
+- public parameters :class:`proto.contracts.TuningParams` (split, wanted output, loss, head, example
+  lengths, mask positions, label-word ids, anchor lengths, similarity scale, attention mode);
 - output ``losses`` [P] or ``logits`` [P, n, C].
 """
 
@@ -36,7 +36,7 @@ from data_owner.encode import EncodedSplit, PublicModel
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import LossOracle, check_prompts
 from data_owner.task import Head, TaskSpec
-from proto.contracts import TuningParams
+from proto.contracts import TuningParams, padding_lengths
 
 if TYPE_CHECKING:
     from data_owner.client import ClusterError
@@ -68,7 +68,7 @@ class SecureOracle(LossOracle):
         self.config = config
         self.label = f"secure {job.suite}"
         self.word_ids = word_ids
-        self.anchor_mask = None if anchors is None else anchors[1].tolist()
+        self.anchor_lengths = None if anchors is None else padding_lengths(anchors[1])
         self.splits: dict[str, tuple[EncodedSplit, str | None]] = {}
         self.parts: dict[str, list[np.ndarray]] = {}
         self.failure: ClusterError | None = None  # the first failed call: close() then skips dead servers
@@ -202,17 +202,17 @@ class SecureOracle(LossOracle):
             output=output,
             loss=loss or "ce",
             head=self.head,
-            mask=data.attention_mask[rows, :T].tolist(),
+            lengths=padding_lengths(data.attention_mask[rows, :T]),
             pool_exclude=list(data.pool_exclude) or None,
             mask_positions=data.mask_pos[rows].tolist() if self.head == "mlm" else None,
             label_words=self.word_ids,
-            anchor_mask=self.anchor_mask,
+            anchor_lengths=self.anchor_lengths,
             scale=self.config.similarity_scale,
             attention=self.config.attention,
             features=self.config.features,
         )
         inputs = [f"{name}.x", "prompts"] + ([f"{name}.y"] if output == "losses" else [])
-        if self.anchor_mask is not None:
+        if self.anchor_lengths is not None:
             inputs.append("anchors.x")
         cap = self.config.max_sequences
         group = len(prompts) if not cap else max(1, cap // len(rows))

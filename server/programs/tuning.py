@@ -8,8 +8,8 @@ Inputs (secret-shared by the data owner, fixed point):
 * ``anchors.x`` [C, T', H]: embedding-layer outputs of the label descriptions (similarity head only).
 
 Public parameters (:class:`proto.contracts.TuningParams`, built by the data owner, validated here):
-split, output, loss, head, padding mask, pooling mask, mask positions and label-word ids (MLM head),
-anchor mask and scale (similarity head), attention mode and feature count.
+split, output, loss, head, example lengths (the padding mask), pooled-out positions, mask positions and
+label-word ids (MLM head), anchor lengths and scale (similarity head), attention mode and feature count.
 
 Output: ``losses`` [P] (one loss per candidate) or ``logits`` [P, n, C], computed by
 :func:`mpc_core.nn.candidate_losses` / :func:`~mpc_core.nn.candidate_logits` on the secure backend.
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from proto.contracts import TuningParams
+from proto.contracts import TuningParams, padding_mask
 from server.programs.base import PlanError, Program, Shape
 
 MAX_SEQUENCES = 1 << 16
@@ -49,13 +49,13 @@ class SecretAnchorHead:
         return (unit @ self.anchors_t) * self.scale
 
 
-def _binary(rows: list[list[int]], shape: tuple[int, int], what: str) -> np.ndarray:
-    mask = np.asarray(rows, dtype=np.int64)
-    if mask.shape != shape:
-        raise PlanError(f"{what} has shape {mask.shape}, expected {shape}")
-    if not np.isin(mask, (0, 1)).all() or not mask.any(axis=1).all():
-        raise PlanError(f"{what} must be 0/1 with at least one real token per row")
-    return mask
+def _padding(lengths: list[int] | None, shape: tuple[int, int], what: str) -> np.ndarray:
+    """The [n, t] padding mask of ``lengths`` (one per row, each in [1, t])."""
+    n, t = shape
+    lengths = lengths or []
+    if len(lengths) != n or not all(1 <= k <= t for k in lengths):
+        raise PlanError(f"{what} must give {n} lengths in [1, {t}]")
+    return padding_mask(lengths, t)
 
 
 def _pool_mask_without(exclude: list[int] | None, mask: np.ndarray) -> np.ndarray | None:
@@ -115,7 +115,7 @@ class PromptTuning(Program):
             )
         if p * n > MAX_SEQUENCES:
             raise PlanError(f"{p} candidates x {n} examples exceeds {MAX_SEQUENCES} sequences per batch")
-        mask = _binary(params.mask, (n, t), "mask")
+        mask = _padding(params.lengths, (n, t), "lengths")
         _pool_mask_without(params.pool_exclude, mask)
         if params.head == "mlm":
             if not cfg.has_mlm_head:
@@ -134,7 +134,7 @@ class PromptTuning(Program):
             classes = anchors[0]
             if classes < 2:
                 raise PlanError("the similarity head needs at least two anchors")
-            _binary(params.anchor_mask or [], (anchors[0], anchors[1]), "anchor_mask")
+            _padding(params.anchor_lengths, (anchors[0], anchors[1]), "anchor_lengths")
         if params.output == "losses" and tuple(inputs[f"{split}.y"]) != (n, classes):
             raise PlanError(f"{split}.y must be one-hot [{n}, {classes}], got {inputs[f'{split}.y']}")
         try:
@@ -153,7 +153,8 @@ class PromptTuning(Program):
         if backend is None:
             backend = state["backend"] = SecureBackend(ctx, model)
         attn = AttentionConfig(mode=params.attention, features=params.features)
-        mask = np.asarray(params.mask, dtype=np.int64)
+        examples, prompts = inputs[f"{params.split}.x"], inputs["prompts"]
+        mask = padding_mask(params.lengths, examples.shape[1])
         positions = (
             None if params.mask_positions is None else np.asarray(params.mask_positions, dtype=np.int64)
         )
@@ -162,7 +163,6 @@ class PromptTuning(Program):
             head = MLMHead(label_word_ids=tuple(params.label_words))
         else:
             head = self._anchor_head(ctx, backend, cfg, inputs["anchors.x"], params, state)
-        examples, prompts = inputs[f"{params.split}.x"], inputs["prompts"]
         if params.output == "logits":
             logits = candidate_logits(backend, cfg, attn, head, examples, prompts, mask, positions, pool)
             return {"logits": logits}
@@ -178,10 +178,10 @@ class PromptTuning(Program):
         from mpc_core.nn import AttentionConfig, encode
         from mpc_core.nn.heads import l2_normalise, mean_pool
 
-        key = ("anchors", tuple(anchors_x.shape), tuple(map(tuple, params.anchor_mask)))
+        key = ("anchors", tuple(anchors_x.shape), tuple(params.anchor_lengths))
         cached = state.get("anchor_head_key")
         if cached != key:
-            anchor_mask = np.asarray(params.anchor_mask, dtype=np.int64)
+            anchor_mask = padding_mask(params.anchor_lengths, anchors_x.shape[1])
             with ctx.op("anchors"):
                 hidden = encode(backend, cfg, AttentionConfig(mode="softmax"), anchors_x, anchor_mask)
                 unit = l2_normalise(backend, mean_pool(hidden, anchor_mask))  # [C, H]
