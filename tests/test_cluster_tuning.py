@@ -148,12 +148,11 @@ def test_prompt_tuning_batch_matches_in_process_and_plaintext(tmp_path, checkpoi
     assert np.allclose(value, expected, atol=5e-2), np.abs(value - expected).max()
 
 
-def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
-    """The servers check the public pooling exclusions like the padding mask, before any share is touched."""
+def _planner(checkpoint, tmp_path):
+    """``plan(**changes)``: the servers' plan of a similarity-head logits batch, parameters changed."""
     from types import SimpleNamespace
 
     from proto.contracts import TuningParams
-    from server.programs.base import PlanError
     from server.programs.tuning import PromptTuning
 
     manifest = share_model(checkpoint, "2pc", tmp_path / "model")
@@ -161,7 +160,19 @@ def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
     _, params = _inputs(manifest.config, "similarity", "logits")
     hidden = manifest.config.hidden
     shapes = {"train.x": (N, T, hidden), "prompts": (P, L, hidden), "anchors.x": (C, 5, hidden)}
-    assert PromptTuning().plan(shapes, TuningParams(**params), model) == {"logits": (P, N, C)}
+
+    def plan(**changes):
+        return PromptTuning().plan(shapes, TuningParams(**{**params, **changes}), model)
+
+    return plan, params
+
+
+def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
+    """The servers check the public pooling exclusions like the padding mask, before any share is touched."""
+    from server.programs.base import PlanError
+
+    plan, params = _planner(checkpoint, tmp_path)
+    assert plan() == {"logits": (P, N, C)}
     shortest = min(params["lengths"])
     for bad, why in [
         ([1, T], "distinct positions"),
@@ -170,22 +181,14 @@ def test_plan_refuses_bad_pool_exclusions(checkpoint, tmp_path):
         (list(range(shortest)), "no row to pool"),
     ]:
         with pytest.raises(PlanError, match=why):
-            PromptTuning().plan(shapes, TuningParams(**{**params, "pool_exclude": bad}), model)
+            plan(pool_exclude=bad)
 
 
 def test_plan_refuses_bad_lengths(checkpoint, tmp_path):
     """Example and anchor lengths must give one length in [1, T] per row; checked in the plan."""
-    from types import SimpleNamespace
-
-    from proto.contracts import TuningParams
     from server.programs.base import PlanError
-    from server.programs.tuning import PromptTuning
 
-    manifest = share_model(checkpoint, "2pc", tmp_path / "model")
-    model = SimpleNamespace(manifest={"config": manifest.config.model_dump()})
-    _, params = _inputs(manifest.config, "similarity", "logits")
-    hidden = manifest.config.hidden
-    shapes = {"train.x": (N, T, hidden), "prompts": (P, L, hidden), "anchors.x": (C, 5, hidden)}
+    plan, _ = _planner(checkpoint, tmp_path)
     for field, bad in [
         ("lengths", [T] * (N - 1)),
         ("lengths", [T + 1] * N),
@@ -195,7 +198,7 @@ def test_plan_refuses_bad_lengths(checkpoint, tmp_path):
         ("anchor_lengths", None),
     ]:
         with pytest.raises(PlanError, match=field):
-            PromptTuning().plan(shapes, TuningParams(**{**params, field: bad}), model)
+            plan(**{field: bad})
 
 
 def test_padding_lengths_refuses_masks_that_are_not_right_padded():
