@@ -20,7 +20,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,11 @@ from server.security import channel_credentials, channel_options, identity_metad
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 2.0
+#: Once one participant's call has failed, how long the others' calls may still take before the client
+#: stops waiting for them.  The call deadline (``limits.call_deadline_s``) is sized for a whole secure
+#: generation (up to an hour); a paused server would otherwise hold the failure back that long although its
+#: peers abort the job after ``limits.peer_timeout_s``.
+FAILURE_GRACE_S = 10.0
 CALL_THREADS = 32
 
 
@@ -149,9 +154,16 @@ class ClusterClient:
         """Run ``call(p)`` for every participant concurrently; raise ClusterError if any failed."""
         targets = tuple(self.participants if participants is None else participants)
         futures = {p: self._pool.submit(call, p) for p in targets}
+        _wait_unless_one_fails(list(futures.values()), FAILURE_GRACE_S)
         results: dict[int, T] = {}
         failures: dict[int, tuple[grpc.StatusCode, str]] = {}
         for p, future in futures.items():
+            if not future.done():  # still busy after another participant failed: a hung server is likely
+                failures[p] = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no answer {FAILURE_GRACE_S:g} s after another participant failed",
+                )
+                continue
             try:
                 results[p] = future.result()
             except grpc.RpcError as exc:
@@ -387,3 +399,10 @@ def wait_until_serving(client: ClusterClient, timeout_s: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _wait_unless_one_fails(futures: list[Future], grace_s: float) -> None:
+    """Wait for every future, or, once one has failed, at most ``grace_s`` more for the rest."""
+    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    if pending and any(f.exception() is not None for f in done):
+        wait(pending, timeout=grace_s)

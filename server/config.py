@@ -105,7 +105,7 @@ class Limits(_Strict):
         default=5.0, ge=0, description="on SIGTERM, how long running batches may take to finish"
     )
     max_params_bytes: int = Field(default=64 * 1024, ge=2)
-    call_deadline_s: float = Field(default=600.0, gt=0, description="data owner's deadline per call")
+    call_deadline_s: float = Field(default=3600.0, gt=0, description="data owner's deadline per call")
     connect_timeout_s: float = Field(default=20.0, gt=0, description="peer stream set-up")
     peer_timeout_s: float = Field(default=300.0, gt=0, description="longest wait for one peer message")
     job_idle_timeout_s: float = Field(default=3600.0, gt=0, description="an untouched job is dropped")

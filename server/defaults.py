@@ -35,7 +35,7 @@ limits:
   max_server_bytes: 34359738368   # all jobs' uploads on one server, stored and in flight
   # max_memory_bytes: 8589934592  # refuse new work above this resident memory (default: 90% of RAM)
   max_params_bytes: 65536
-  call_deadline_s: 600            # the data owner's deadline for each call
+  call_deadline_s: 3600           # the data owner's deadline for each call (a generation can take 10+ min)
   connect_timeout_s: 20           # peer stream set-up
   peer_timeout_s: 300             # longest wait for one message from a peer
   job_idle_timeout_s: 3600        # a job untouched this long is dropped

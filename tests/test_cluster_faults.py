@@ -3,6 +3,7 @@ its deadline, the surviving servers drop the job's state, and a restarted server
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -134,3 +135,46 @@ def test_deadline_expiry_aborts_the_job_everywhere(tmp_path):
         assert time.monotonic() - start < 5
         for p in range(3):
             assert _wait_for(lambda p=p: _job_gone(client, p, job.job_id), 10)
+
+
+def test_a_paused_server_is_reported_long_before_the_call_deadline(tmp_path):
+    """A SIGSTOPped compute party: its peers give up after ``peer_timeout_s``, and the data owner reports
+    the failure ``FAILURE_GRACE_S`` later without waiting out its own (long) call deadline."""
+    from data_owner.client import FAILURE_GRACE_S
+
+    peer_timeout_s, deadline_s = 3.0, 300.0
+    limits = {"peer_timeout_s": peer_timeout_s, "call_deadline_s": deadline_s}
+    with (
+        running_cluster(tmp_path, "2pc", limits=limits) as (config, cluster),
+        ClusterClient(config) as client,
+    ):
+        assert client.deadline_s == deadline_s
+        job = client.open_job("rounds")
+        job.upload("x", FP.encode(np.full(4, 0.5)))
+        outcome: dict = {}
+
+        def evaluate() -> None:
+            try:
+                job.evaluate(params={"rounds": 200_000})  # minutes of rounds: it will not finish
+            except ClusterError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=evaluate)
+        worker.start()
+        assert _wait_for(lambda: all(s.state == "running" for s in job.status().values()), 10)
+        paused_at = time.monotonic()
+        cluster.signal_one(1, signal.SIGSTOP)
+        try:
+            worker.join(peer_timeout_s + FAILURE_GRACE_S + 30)
+            reported_after = time.monotonic() - paused_at
+        finally:
+            cluster.signal_one(1, signal.SIGCONT)
+        assert not worker.is_alive(), "the data owner waited for its call deadline"
+        assert reported_after < peer_timeout_s + FAILURE_GRACE_S + 30 < deadline_s
+        error = outcome["error"]
+        assert error.unreachable == [1], str(error)
+        assert error.failures[1] == (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"no answer {FAILURE_GRACE_S:g} s after another participant failed",
+        )
+        assert "participant 1" in error.failures[0][1]  # P0 says whom it stopped waiting for
