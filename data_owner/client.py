@@ -80,7 +80,10 @@ class ClusterError(RuntimeError):
         """A server gone explains everything; else an expired deadline; else the others' first code."""
         if unreachable:
             return grpc.StatusCode.UNAVAILABLE
-        codes = [code for code, _ in failures.values()]
+        # a call the client stopped waiting for (CANCELLED) explains nothing by itself
+        codes = [code for code, _ in failures.values() if code != grpc.StatusCode.CANCELLED]
+        if not codes:
+            return grpc.StatusCode.CANCELLED
         for preferred in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
             if preferred in codes:
                 return preferred
@@ -158,9 +161,9 @@ class ClusterClient:
         results: dict[int, T] = {}
         failures: dict[int, tuple[grpc.StatusCode, str]] = {}
         for p, future in futures.items():
-            if not future.done():  # still busy after another participant failed: a hung server is likely
+            if not future.done():  # still busy after another participant failed (hung, or just slow)
                 failures[p] = (
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED,
                     f"no answer {FAILURE_GRACE_S:g} s after another participant failed",
                 )
                 continue
@@ -175,11 +178,13 @@ class ClusterClient:
         return results
 
     def _probe_unreachable(self, failures: Mapping[int, tuple[grpc.StatusCode, str]]) -> list[int]:
-        """Which of the participants that failed with UNAVAILABLE or DEADLINE_EXCEEDED do not answer now."""
+        """Which of the participants that failed with UNAVAILABLE or DEADLINE_EXCEEDED, or whose answer the
+        client stopped waiting for (CANCELLED), do not answer now."""
         suspects = [
             p
             for p, (code, _) in failures.items()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if code
+            in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
         ]
         probe = self._unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
         futures = {p: self._pool.submit(probe, p) for p in suspects}

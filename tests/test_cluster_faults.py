@@ -173,8 +173,45 @@ def test_a_paused_server_is_reported_long_before_the_call_deadline(tmp_path):
         assert reported_after < peer_timeout_s + FAILURE_GRACE_S + 30 < deadline_s
         error = outcome["error"]
         assert error.unreachable == [1], str(error)
+        assert error.code == grpc.StatusCode.UNAVAILABLE
         assert error.failures[1] == (
-            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
             f"no answer {FAILURE_GRACE_S:g} s after another participant failed",
         )
         assert "participant 1" in error.failures[0][1]  # P0 says whom it stopped waiting for
+
+
+class _Refused(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        return "limits.max_job_bytes = 1 exceeded"
+
+
+def test_a_slow_participant_beside_a_refusal_is_not_blamed(tmp_path, monkeypatch):
+    """One participant refuses at once while the others are still busy (alive, just slow): the client stops
+    waiting after the grace, reports the refusal's code, and does not call the slow ones unreachable."""
+    import data_owner.client as client_module
+
+    monkeypatch.setattr(client_module, "FAILURE_GRACE_S", 0.5)
+
+    def call(p: int) -> str:
+        if p == 0:
+            raise _Refused()
+        time.sleep(5)
+        return "late"
+
+    with running_cluster(tmp_path, "2pc") as (config, _), ClusterClient(config) as client:
+        start = time.monotonic()
+        with pytest.raises(ClusterError) as info:
+            client.call_all("uploading x", call)
+        assert time.monotonic() - start < 4
+    error = info.value
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.unreachable == []
+    assert error.failures[0] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "limits.max_job_bytes = 1 exceeded")
+    for p in (1, 2):
+        assert error.failures[p] == (
+            grpc.StatusCode.CANCELLED,
+            "no answer 0.5 s after another participant failed",
+        )
