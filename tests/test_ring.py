@@ -313,3 +313,25 @@ def test_prg_bits_are_fair_and_packed() -> None:
     bits = PRG(bytes(16)).bits((1000, 100))
     assert bits.shape == (1000, 100) and set(np.unique(bits)) == {0, 1}
     assert abs(bits.mean() - 0.5) < 0.005  # 10^5 fair bits: 3 sigma is 0.0047
+
+
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_secure_products_run_on_either_kernel(
+    monkeypatch: pytest.MonkeyPatch, suite: str, kernel: str
+) -> None:
+    """The suites' products (secret x secret and secret x public) are right whichever kernel a party chose."""
+    from mpc_core.runtime import run_parties
+
+    monkeypatch.setattr(ring_module, "KERNEL", select_kernel({KERNEL_ENV: kernel}))
+    rng = np.random.default_rng(7)
+    x, y, w = rng.normal(size=(4, 1100)), rng.normal(size=(1100, 3)), rng.normal(size=(1100, 2))
+
+    def program(ctx, X, Y):  # type: ignore[no-untyped-def]
+        return (X @ Y).reveal(), (X @ w).reveal()
+
+    xy, xw = run_parties(suite, program, x, y)[0]
+    # Each product of fixed-point operands is exact in the ring; the only error is the encoding of the
+    # operands (2^-17 each) summed over the inner dimension and one truncation: well below 1e-2.
+    np.testing.assert_allclose(xy, x @ y, atol=1e-2)
+    np.testing.assert_allclose(xw, x @ w, atol=1e-2)
