@@ -206,6 +206,8 @@ def _matmul_limbs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     fallback that keeps AVX2-only servers within 8x of one float64 GEMM.
     """
     k = a.shape[-1]
+    if b.ndim == 2 and a.ndim > 2:  # a stack of rows times one matrix: one GEMM, not one per matrix
+        return _matmul_limbs(a.reshape(-1, k), b).reshape(*a.shape[:-1], b.shape[-1])
     if k <= LIMB_CHUNK:
         return _matmul_limbs_chunk(a, b)
     out = None
