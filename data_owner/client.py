@@ -29,13 +29,13 @@ import grpc
 import numpy as np
 from pydantic import BaseModel
 
+from contract.channels import channel_credentials, channel_options, identity_metadata, load_credentials
+from contract.cluster import ClusterConfig, load_config
 from mpc_core.prg import PRG, system_prg
 from mpc_core.ring import RING_DTYPE
 from mpc_core.suites import suite_class
 from proto.api import party_pb2, party_pb2_grpc
 from proto.shares import ShareAssembler, ShareStreamError, share_chunks
-from server.config import ClusterConfig, load_config
-from server.security import channel_credentials, channel_options, identity_metadata, load_credentials
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 2.0

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mpc_core.nn.config import EncoderConfig
-from mpc_core.nn.manifest import (
+from contract.manifest import (
     FixedPointSpec,
     PartyFile,
     PublicFiles,
     ShareManifest,
     sha256_file,
 )
+from mpc_core.nn.config import EncoderConfig
 from mpc_core.nn.weights import (
     CheckpointError,
     canonical_shapes,

@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 from pydantic import BaseModel
 
+from contract.cluster import JOB_ID_PATTERN, ClusterConfig
 from mpc_core.context import PARTICIPANTS, Context
 from mpc_core.ring import RING_DTYPE
 from mpc_core.tensor import SharedTensor
@@ -43,7 +44,6 @@ from mpc_core.transport.grpc_transport import (
 )
 from proto.contracts import TENSOR_NAME_PATTERN
 from server.code_digest import protocol_code_digest
-from server.config import JOB_ID_PATTERN, ClusterConfig
 from server.errors import (
     RpcError,
     exhausted,
@@ -607,7 +607,7 @@ class PeerChannels:
     """One gRPC channel per peer server, created on first use and shared by all jobs' streams."""
 
     def __init__(self, config: ClusterConfig, me: int, credentials, insecure: bool) -> None:
-        from server.security import channel_credentials, channel_options, identity_metadata
+        from contract.channels import channel_credentials, channel_options, identity_metadata
 
         self.config = config
         self.me = me

@@ -7,7 +7,7 @@ checks its SHA-256 before parsing it, and checks that it holds exactly the manif
 suite's slot axis.  The 2pc dealer reads the manifest only (it needs shapes, never shares).  Other
 parties' files are never opened, so a deployment may mount only a party's own file.
 
-The manifest format is the one ``mpc_core.nn.manifest.ShareManifest`` writes (``format``,
+The manifest format is the one ``contract.manifest.ShareManifest`` writes (``format``,
 ``suite``, ``fixed_point.frac_bits``, ``tensors``, ``party_files[{party, file, sha256, bytes}]``);
 this module reads only those fields so that the server does not depend on the model code.
 """

@@ -14,10 +14,10 @@ import logging
 import grpc
 import grpc.aio
 
+from contract.cluster import JOB_ID_PATTERN
 from mpc_core.transport.grpc_transport import LinkSettings, accept_link
 from proto.api import peer_pb2_grpc
 from server.authz import Authorizer
-from server.config import JOB_ID_PATTERN
 from server.errors import RpcError, invalid
 from server.jobs import JobManager
 from server.wire import MalformedMessage

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, ClusterError, wait_until_serving
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2
-from server.testing import running_cluster
 
 pytestmark = pytest.mark.timeout(180)
 

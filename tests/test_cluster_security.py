@@ -12,15 +12,15 @@ import grpc
 import numpy as np
 import pytest
 
+from cluster_ops.certs import create_authority, issue, load_authority, write_private
+from cluster_ops.testing import running_cluster
+from contract.channels import channel_options
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.prg import system_prg
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
 from proto.api import party_pb2, party_pb2_grpc, peer_pb2, peer_pb2_grpc
-from server.certs import create_authority, issue, load_authority, write_private
 from server.jobs import JobSpec
-from server.security import channel_options
-from server.testing import running_cluster
 
 pytestmark = pytest.mark.timeout(180)
 

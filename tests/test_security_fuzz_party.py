@@ -39,10 +39,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from security_report import record, scale
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, RemoteJob
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, party_pb2_grpc
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(900)]
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from security_report import record, scale
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(300)]
 
@@ -212,7 +212,7 @@ def test_memory_limit_refuses_new_work(tmp_path):
 
 
 def test_limit_defaults_are_set():
-    from server.config import Limits
+    from contract.cluster import Limits
     from server.resources import ResourceGuard, physical_memory_bytes
 
     limits = Limits()

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from contract.manifest import ShareManifest, sha256_file
 from mpc_core.nn.config import EncoderConfig, UnsupportedModelError
-from mpc_core.nn.manifest import ShareManifest, sha256_file
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
