@@ -34,6 +34,7 @@ from contract.manifest import (
     PartyFile,
     PublicFiles,
     ShareManifest,
+    party_file_tensors,
     sha256_file,
 )
 from mpc_core.nn.config import EncoderConfig
@@ -42,7 +43,6 @@ from mpc_core.nn.weights import (
     canonical_shapes,
     is_public,
     load_checkpoint,
-    party_file_tensors,
     split_public,
 )
 from mpc_core.prg import PRG, fresh_seed

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from contract.cluster import JOB_ID_PATTERN, ClusterConfig
 from mpc_core.context import PARTICIPANTS, Context
 from mpc_core.ring import RING_DTYPE
+from mpc_core.suites import suite_class
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.base import ProtocolError, TransportClosed
 from mpc_core.transport.grpc_transport import (
@@ -55,7 +56,7 @@ from server.errors import (
     unavailable,
 )
 from server.execute import run_program, start_context
-from server.model_store import SLOTS, LoadedModel
+from server.model_store import LoadedModel
 from server.programs import PlanError, Program, get_program
 from server.resources import ResourceGuard
 from server.seeding import MAX_TEST_SEED_BYTES
@@ -148,7 +149,7 @@ class JobManager:
         self.insecure = insecure
         self.link_settings = link_settings
         self.is_dealer = config.party(me).role == "dealer"
-        self.slots = SLOTS[config.suite]
+        self.slots = suite_class(config.suite).slots
         self.jobs: dict[str, Job] = {}
         self._tombstones: OrderedDict[str, str] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=config.limits.max_jobs, thread_name_prefix="job")

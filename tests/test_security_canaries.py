@@ -33,11 +33,11 @@ from test_data_owner_common import synthetic_rows, tiny_config, write_split, wri
 from cluster_ops.launcher import LocalCluster
 from cluster_ops.testing import write_test_cluster
 from contract.cluster import load_config
+from contract.manifest import party_file_tensors
 from data_owner.client import ClusterClient, ClusterError
 from data_owner.runfolder import RunFolder
 from data_owner.tuner import Tuner
 from model_owner.share import share_model
-from mpc_core.nn.weights import party_file_tensors
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
