@@ -189,7 +189,7 @@ def _open_jobs(config: ClusterConfig, insecure: bool) -> dict[int, int]:
     try:
         for p in client.participants:
             with contextlib.suppress(grpc.RpcError):
-                jobs[p] = client._unary("ServerInfo", party_pb2.ServerInfoRequest(), 3.0)(p).open_jobs
+                jobs[p] = client.unary("ServerInfo", party_pb2.ServerInfoRequest(), 3.0)(p).open_jobs
     finally:
         client.close()
     return jobs

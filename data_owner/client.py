@@ -113,7 +113,8 @@ class ClusterClient:
         self.deadline_s = deadline_s or config.limits.call_deadline_s
         self.max_message_bytes = config.limits.max_message_bytes
         name = config.data_owner.name
-        self._metadata = identity_metadata(name, insecure)
+        #: Call metadata for a raw stub call (the claimed identity in insecure mode; None under TLS).
+        self.metadata = identity_metadata(name, insecure)
         creds = None if insecure else channel_credentials(load_credentials(config, name, cert, key))
         self._channels: dict[int, grpc.Channel] = {}
         self._stubs: dict[int, party_pb2_grpc.PartyStub] = {}
@@ -186,7 +187,7 @@ class ClusterClient:
             if code
             in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
         ]
-        probe = self._unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
+        probe = self.unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
         futures = {p: self._pool.submit(probe, p) for p in suspects}
         down = []
         for p, future in futures.items():
@@ -197,17 +198,20 @@ class ClusterClient:
                     down.append(p)
         return down
 
-    def _unary(self, method: str, request: Any, timeout: float | None = None) -> Callable[[int], Any]:
+    def unary(self, method: str, request: Any, timeout: float | None = None) -> Callable[[int], Any]:
+        """``call(p)``: the party API's unary ``method`` on participant ``p``, as the data owner, with a
+        deadline (the configured call deadline unless ``timeout``); give it to :meth:`call_all`."""
+
         def call(p: int) -> Any:
             return getattr(self._stubs[p], method)(
-                request, timeout=timeout or self.deadline_s, metadata=self._metadata
+                request, timeout=timeout or self.deadline_s, metadata=self.metadata
             )
 
         return call
 
     # ------------------------------------------------------------------ cluster
     def server_info(self) -> dict[int, party_pb2.ServerInfoReply]:
-        return self.call_all("server info", self._unary("ServerInfo", party_pb2.ServerInfoRequest(), 10.0))
+        return self.call_all("server info", self.unary("ServerInfo", party_pb2.ServerInfoRequest(), 10.0))
 
     def open_job(
         self, program: str, *, job_id: str | None = None, model_digest: str = "", test_seed: bytes = b""
@@ -223,17 +227,18 @@ class ClusterClient:
         )
         request = party_pb2.OpenJobRequest(job_id=job_id, spec=spec)
         try:
-            self.call_all(f"opening job {job_id}", self._unary("OpenJob", request))
+            self.call_all(f"opening job {job_id}", self.unary("OpenJob", request))
         except ClusterError as exc:
             opened = [p for p in self.participants if p not in exc.failures]
-            self._close_quietly(job_id, opened)
+            self.close_quietly(job_id, opened)
             raise
         return RemoteJob(self, job_id, program)
 
-    def _close_quietly(self, job_id: str, participants: Iterable[int], timeout_s: float = 5.0) -> None:
+    def close_quietly(self, job_id: str, participants: Iterable[int], timeout_s: float = 5.0) -> None:
+        """Close ``job_id`` on each participant, ignoring failures (cleanup after a refusal or a fault)."""
         for p in participants:
             with contextlib.suppress(grpc.RpcError):
-                self._unary("CloseJob", party_pb2.JobRef(job_id=job_id), timeout_s)(p)
+                self.unary("CloseJob", party_pb2.JobRef(job_id=job_id), timeout_s)(p)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -281,7 +286,7 @@ class RemoteJob:
             )
             chunks = share_chunks(header, share, max_bytes, party_pb2.UploadChunk)
             return self.client.stub(p).Upload(
-                chunks, timeout=self.client.deadline_s, metadata=self.client._metadata
+                chunks, timeout=self.client.deadline_s, metadata=self.client.metadata
             )
 
         self.client.call_all(f"uploading {name!r} to job {self.job_id}", call, parties)
@@ -310,7 +315,7 @@ class RemoteJob:
             params_json=params_json,
         )
         what = f"evaluating batch {self.next_batch} of job {self.job_id}"
-        replies = self.client.call_all(what, self.client._unary("Evaluate", request, timeout_s))
+        replies = self.client.call_all(what, self.client.unary("Evaluate", request, timeout_s))
         reply = replies[self.client.compute_parties[0]]
         self.outputs = {o.name: OutputInfo(tuple(o.shape), o.scale) for o in reply.outputs}
         self.last_seconds = max(r.seconds for r in replies.values())
@@ -325,7 +330,7 @@ class RemoteJob:
 
         def call(p: int) -> np.ndarray:
             stream = self.client.stub(p).FetchResult(
-                request, timeout=self.client.deadline_s, metadata=self.client._metadata
+                request, timeout=self.client.deadline_s, metadata=self.client.metadata
             )
             assembler = None
             for chunk in stream:
@@ -356,7 +361,7 @@ class RemoteJob:
     def status(self) -> dict[int, party_pb2.JobStatusReply]:
         return self.client.call_all(
             f"status of job {self.job_id}",
-            self.client._unary("JobStatus", party_pb2.JobRef(job_id=self.job_id), 10.0),
+            self.client.unary("JobStatus", party_pb2.JobRef(job_id=self.job_id), 10.0),
         )
 
     def metrics(self) -> dict[int, dict[str, Any]]:
@@ -382,7 +387,7 @@ class RemoteJob:
     def close(self) -> None:
         self.client.call_all(
             f"closing job {self.job_id}",
-            self.client._unary("CloseJob", party_pb2.JobRef(job_id=self.job_id), 10.0),
+            self.client.unary("CloseJob", party_pb2.JobRef(job_id=self.job_id), 10.0),
         )
 
     def __enter__(self) -> RemoteJob:

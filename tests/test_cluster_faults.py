@@ -33,7 +33,7 @@ def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
 
 def _job_gone(client: ClusterClient, participant: int, job_id: str) -> bool:
     try:
-        client._unary("JobStatus", party_pb2.JobRef(job_id=job_id), 5.0)(participant)
+        client.unary("JobStatus", party_pb2.JobRef(job_id=job_id), 5.0)(participant)
     except grpc.RpcError as exc:
         return exc.code() == grpc.StatusCode.NOT_FOUND and "aborted" in (exc.details() or "")
     return False
@@ -84,7 +84,7 @@ def test_kill_a_server_mid_job(tmp_path, suite, victim):
             assert _wait_for(lambda p=p: _job_gone(client, p, job.job_id), 10), (
                 f"participant {p} kept the job"
             )
-        infos = {p: client._unary("ServerInfo", party_pb2.ServerInfoRequest())(p) for p in survivors}
+        infos = {p: client.unary("ServerInfo", party_pb2.ServerInfoRequest())(p) for p in survivors}
         assert all(info.open_jobs == 0 for info in infos.values())
 
         # a restarted server serves a new job with the same survivors

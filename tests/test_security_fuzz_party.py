@@ -187,7 +187,7 @@ calls = st.one_of(
 def job_state(env: Env, job_id: str) -> tuple:
     """What a refused call must leave as it was: a job's uploads, batches and state on P0."""
     try:
-        reply = env.stub.JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client._metadata)
+        reply = env.stub.JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client.metadata)
     except grpc.RpcError as exc:
         return (exc.code().name,)
     uploads = sorted((t.name, tuple(t.shape)) for t in reply.uploaded)
@@ -202,7 +202,7 @@ class Case:
         self.sandbox = env.fresh_id()
         self.closed = env.fresh_id()
         self.opened: list[str] = []
-        md = env.client._metadata
+        md = env.client.metadata
         spec = party_pb2.JobSpec(program="affine", suite="2pc", frac_bits=16)
         for job_id in (self.sandbox, self.closed):
             env.stub.OpenJob(party_pb2.OpenJobRequest(job_id=job_id, spec=spec), timeout=5, metadata=md)
@@ -227,7 +227,7 @@ class Case:
         return token
 
     def call(self, spec: tuple) -> tuple[str, Callable[[], object]]:
-        stub, md, t = self.env.stub, self.env.client._metadata, CALL_TIMEOUT_S
+        stub, md, t = self.env.stub, self.env.client.metadata, CALL_TIMEOUT_S
         kind = spec[0]
         if kind == "open":
             job_id = self.resolve(spec[1], write=False)
@@ -300,7 +300,7 @@ class Case:
         return job_state(self.env, self.sandbox)
 
     def cleanup(self) -> None:
-        md = self.env.client._metadata
+        md = self.env.client.metadata
         for job_id in {self.sandbox, *self.opened} - {self.env.reference.job.job_id}:
             outcome_of(
                 lambda job_id=job_id: self.env.stub.CloseJob(
@@ -387,7 +387,7 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
     """Random byte edits of valid requests, sent raw (the server parses them itself)."""
     tally = FuzzTally("mutation")
     rng = random.Random(FUZZ_SEED)
-    md = env.client._metadata
+    md = env.client.metadata
     rss_before = env.rss()
     start = time.monotonic()
     for i in range(MUTATION_CASES):
@@ -445,7 +445,7 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
 
 def test_invalid_utf8_in_every_string_field_is_invalid_argument(env: Env) -> None:
     """proto3 strings must be UTF-8: each party-API string field carrying bad bytes gets INVALID_ARGUMENT."""
-    md = env.client._metadata
+    md = env.client.metadata
     bad = b"\xff\xfe\xc0"
     cases = {
         "OpenJob job_id": ("OpenJob", b"\x0a" + bytes([len(bad)]) + bad),

@@ -106,14 +106,14 @@ class Env:
             job_id=job_id, spec=party_pb2.JobSpec(program="affine", suite="2pc", frac_bits=16)
         )
         for p in (1, 2):
-            self.client.stub(p).OpenJob(request, timeout=5, metadata=self.client._metadata)
+            self.client.stub(p).OpenJob(request, timeout=5, metadata=self.client.metadata)
         return job_id
 
     def close_sandbox(self, job_id: str) -> None:
         for p in (1, 2):
             try:
                 self.client.stub(p).CloseJob(
-                    party_pb2.JobRef(job_id=job_id), timeout=5, metadata=self.client._metadata
+                    party_pb2.JobRef(job_id=job_id), timeout=5, metadata=self.client.metadata
                 )
             except grpc.RpcError as exc:  # the fuzz stream may have aborted it: that is allowed
                 assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
@@ -126,7 +126,7 @@ class Env:
             return
         try:
             reply = self.client.stub(target).JobStatus(
-                party_pb2.JobRef(job_id=sandbox), timeout=5, metadata=self.client._metadata
+                party_pb2.JobRef(job_id=sandbox), timeout=5, metadata=self.client.metadata
             )
         except grpc.RpcError as exc:
             tally.problems.append(f"refused with {outcome.code.name}, yet the job is gone: {exc.details()}")
@@ -372,9 +372,7 @@ def test_replayed_hellos_and_frames_change_nothing(env: Env) -> None:
 
 def _status_code(env: Env, job_id: str) -> grpc.StatusCode:
     try:
-        env.client.stub(1).JobStatus(
-            party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client._metadata
-        )
+        env.client.stub(1).JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client.metadata)
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK

@@ -163,7 +163,7 @@ class SecureOracle(LossOracle):
                 self.job.close()
             else:
                 reachable = [p for p in self.job.client.participants if p not in self.failure.unreachable]
-                self.job.client._close_quietly(self.job.job_id, reachable, timeout_s=CLOSE_AFTER_FAILURE_S)
+                self.job.client.close_quietly(self.job.job_id, reachable, timeout_s=CLOSE_AFTER_FAILURE_S)
         except ClusterError:
             pass
         finally:
@@ -180,7 +180,7 @@ class SecureOracle(LossOracle):
         itself was killed) keeps the job: a peer's orderly close does not drop it, and nothing else does
         until ``job_idle_timeout_s`` (an hour by default) while it occupies one of ``max_jobs`` slots."""
         if job_ref != self.job.job_id:
-            self.job.client._close_quietly(job_ref, self.job.client.participants, timeout_s=RELEASE_TIMEOUT_S)
+            self.job.client.close_quietly(job_ref, self.job.client.participants, timeout_s=RELEASE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ pieces
     def _upload(self, name: str, value: np.ndarray) -> None:
