@@ -138,4 +138,4 @@ async def serve(
 async def _reap(manager: JobManager, stop: asyncio.Event) -> None:
     while not stop.is_set():
         await asyncio.sleep(REAP_INTERVAL_S)
-        manager.reap_idle()
+        manager.registry.reap_idle()

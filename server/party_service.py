@@ -18,8 +18,9 @@ import grpc.aio
 from proto.api import party_pb2, party_pb2_grpc
 from proto.shares import ShareAssembler, ShareStreamError, share_chunks
 from server.authz import Authorizer
-from server.errors import RpcError, exhausted, invalid
-from server.jobs import JobManager, JobSpec, shown
+from server.errors import RpcError, exhausted, invalid, shown
+from server.job_state import JobSpec
+from server.jobs import JobManager
 from server.programs import PROGRAMS
 from server.wire import MalformedMessage
 
@@ -55,14 +56,14 @@ class PartyService(party_pb2_grpc.PartyServicer):
     @_guard
     async def ServerInfo(self, request, context):  # noqa: N802 - gRPC's name
         self.authz.data_owner(context)
-        m = self.manager
+        registry = self.manager.registry
         return party_pb2.ServerInfoReply(
             cluster=self.config.name,
             suite=self.config.suite,
-            participant=m.me,
-            role="dealer" if m.is_dealer else "party",
-            model_digest=m.model.digest if m.model else "",
-            open_jobs=len(m.jobs),
+            participant=registry.me,
+            role="dealer" if registry.is_dealer else "party",
+            model_digest=registry.model.digest if registry.model else "",
+            open_jobs=len(registry.jobs),
             programs=sorted(PROGRAMS),
             max_message_bytes=self.config.limits.max_message_bytes,
         )
@@ -71,7 +72,7 @@ class PartyService(party_pb2_grpc.PartyServicer):
     async def OpenJob(self, request, context):  # noqa: N802 - gRPC's name
         self.authz.data_owner(context)
         spec = request.spec
-        job = self.manager.open(
+        job = self.manager.registry.open(
             request.job_id,
             JobSpec(
                 program=spec.program,
@@ -96,10 +97,10 @@ class PartyService(party_pb2_grpc.PartyServicer):
                     if not chunk.HasField("header"):
                         raise invalid("the first upload chunk must carry a header")
                     h = chunk.header
-                    job = self.manager.check_upload_header(
+                    job = self.manager.uploads.check_header(
                         h.job_id, h.name, h.dtype, _shape(h.shape), h.nbytes
                     )
-                    self.manager.reserve_upload(job, h.nbytes)
+                    self.manager.uploads.reserve(job, h.nbytes)
                     reserved = h.nbytes
                     try:
                         assembler = ShareAssembler(h)
@@ -119,28 +120,28 @@ class PartyService(party_pb2_grpc.PartyServicer):
                 share = assembler.finish()
             except ShareStreamError as exc:
                 raise invalid(str(exc)) from None
-            self.manager.release_upload(job, reserved)
+            self.manager.uploads.release(job, reserved)
             reserved = 0
-            self.manager.store_upload(job, assembler.header.name, share)
+            self.manager.uploads.store(job, assembler.header.name, share)
             return party_pb2.UploadReply(name=assembler.header.name, bytes_received=share.nbytes)
         except RpcError as exc:
             await context.abort(exc.code, exc.message)
         finally:
             if job is not None and reserved:
-                self.manager.release_upload(job, reserved)
+                self.manager.uploads.release(job, reserved)
 
     @_guard
     async def Evaluate(self, request, context):  # noqa: N802 - gRPC's name
         self.authz.data_owner(context)
-        job = self.manager.get(request.job_id)
+        job = self.manager.registry.get(request.job_id)
         inputs: dict[str, tuple[int, ...]] = {}
         for info in request.inputs:
             if info.name in inputs:
                 raise invalid(f"input {shown(info.name)} is declared twice")
             inputs[info.name] = _shape(info.shape)
-        params, outputs = self.manager.plan(job, request.batch, inputs, request.params_json)
+        params, outputs = self.manager.runner.plan(job, request.batch, inputs, request.params_json)
         start = time.perf_counter()
-        result = await self.manager.evaluate(job, request.batch, inputs, params, outputs)
+        result = await self.manager.runner.evaluate(job, request.batch, inputs, params, outputs)
         log.info("job %s batch %d done in %.3f s", job.job_id, request.batch, time.perf_counter() - start)
         return party_pb2.EvaluateReply(
             batch=result.batch,
@@ -156,8 +157,8 @@ class PartyService(party_pb2_grpc.PartyServicer):
             self.authz.data_owner(context)
             if isinstance(request, MalformedMessage):
                 raise request.error()
-            job = self.manager.get(request.job_id)
-            share, scale = self.manager.fetch(job, request.batch, request.name)
+            job = self.manager.registry.get(request.job_id)
+            share, scale = self.manager.runner.fetch(job, request.batch, request.name)
         except RpcError as exc:
             await context.abort(exc.code, exc.message)
             return
@@ -172,12 +173,12 @@ class PartyService(party_pb2_grpc.PartyServicer):
         )
         for chunk in share_chunks(header, share, self.config.limits.max_message_bytes, party_pb2.ShareChunk):
             await context.write(chunk)
-        self.manager.fetched(job, request.batch, request.name)
+        self.manager.runner.fetched(job, request.batch, request.name)
 
     @_guard
     async def JobStatus(self, request, context):  # noqa: N802 - gRPC's name
         self.authz.data_owner(context)
-        job = self.manager.get(request.job_id)
+        job = self.manager.registry.get(request.job_id)
         reply = party_pb2.JobStatusReply(
             job_id=job.job_id,
             state="running" if job.running else ("idle" if job.next_batch else "open"),
@@ -213,5 +214,5 @@ class PartyService(party_pb2_grpc.PartyServicer):
     @_guard
     async def CloseJob(self, request, context):  # noqa: N802 - gRPC's name
         self.authz.data_owner(context)
-        self.manager.close(request.job_id)
+        self.manager.registry.close(request.job_id)
         return party_pb2.CloseJobReply(job_id=request.job_id)
