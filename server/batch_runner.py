@@ -50,8 +50,20 @@ class BatchRunner:
             max_workers=registry.config.limits.max_jobs, thread_name_prefix="job"
         )
 
-    def plan(self, job: Job, batch: int, inputs: Mapping[str, tuple[int, ...]], params_json: str):
-        """Validate an evaluation (no state changes): returns (params, output shapes)."""
+    def plan(
+        self,
+        job: Job,
+        batch: int,
+        inputs: Mapping[str, tuple[int, ...]],
+        params_json: str,
+        staged: Mapping[str, np.ndarray] | None = None,
+    ):
+        """Validate an evaluation (no state changes): returns (params, output shapes).
+
+        ``staged`` holds shares that arrived with the evaluation (``Generate``) and are not stored yet:
+        they count as uploaded (and replace a stored share of the same name) for this check only.
+        """
+        staged = staged or {}
         self.registry.accepting("batches")
         if job.running:
             raise precondition(f"job {job.job_id!r} is already evaluating batch {job.next_batch}")
@@ -65,7 +77,7 @@ class BatchRunner:
             if not 1 <= len(shape) <= MAX_NDIM or any(d < 1 for d in shape):
                 raise invalid(f"input {name!r} has an invalid shape {shown_shape(shape)}")
             if not self.is_dealer:
-                share = job.uploads.get(name)
+                share = staged[name] if name in staged else job.uploads.get(name)
                 if share is None:
                     raise invalid(f"input {name!r} was not uploaded to job {job.job_id!r}")
                 if share.shape[1:] != shape:

@@ -175,6 +175,7 @@ def test_generated_grpc_code_is_current_and_regenerates_when_stale():
         "FetchResult",
         "JobStatus",
         "CloseJob",
+        "Generate",
     }
     assert peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods_by_name["Exchange"].client_streaming
     generated = build.PROTO_DIR / "peer_pb2.py"

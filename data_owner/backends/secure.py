@@ -219,19 +219,20 @@ class SecureOracle(LossOracle):
         values = []
         t0 = time.perf_counter()
         for g in range(0, len(prompts), group):
-            self._upload("prompts", prompts[g : g + group])
-            self._guard(self.job.evaluate, inputs, params)
-            value = self._guard(self.job.reveal_float, output)
+            # one call per participant: the candidates' shares inline, the result shares and statistics back
+            ring = self.fp.encode(np.asarray(prompts[g : g + group], dtype=np.float64))
+            generation = self._guard(self.job.generate, {"prompts": ring}, inputs, params, [output])
+            self.cost.bytes_sent += ring.nbytes * self.parties * (2 if self.job.suite == "3pc" else 1)
+            value = generation.reveal_float(output)
             self.cost.bytes_received += value.size * 8 * self.parties * (2 if self.job.suite == "3pc" else 1)
             self.cost.rounds += 1
             values.append(np.asarray(value, dtype=np.float64))
         self.cost.seconds += time.perf_counter() - t0
-        self._server_traffic()
+        self._server_traffic(generation.metrics)
         return np.concatenate(values, axis=0)
 
-    def _server_traffic(self) -> None:
+    def _server_traffic(self, metrics: dict) -> None:
         """Peer bytes (all participants) and online rounds (the busiest party) of this job so far."""
-        metrics = self._guard(self.job.metrics)
         self.cost.server_bytes = int(sum(m["wire"].get("bytes_sent", 0) for m in metrics.values()))
         self.cost.server_rounds = int(
             max(sum(op["rounds"] for op in m["ops"].values()) for m in metrics.values())
