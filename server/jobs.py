@@ -128,6 +128,12 @@ class Job:
         self.last_used = time.monotonic()
 
 
+def check_tensor_name(name: str) -> None:
+    """Refuse a malformed tensor name (matched whole: no trailing newline or other control character)."""
+    if not TENSOR_NAME_PATTERN.fullmatch(name):
+        raise invalid("tensor names must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or _")
+
+
 class JobManager:
     """All jobs of one server process (participant ``me``)."""
 
@@ -170,7 +176,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ lookups
     def get(self, job_id: str) -> Job:
-        if not JOB_ID_PATTERN.match(job_id):  # checked first: a request's id is never echoed at length
+        if not JOB_ID_PATTERN.fullmatch(job_id):  # checked first: a request's id is never echoed at length
             raise invalid(f"malformed job id {shown(job_id)}: {JOB_ID_RULE}")
         job = self.jobs.get(job_id)
         if job is None:
@@ -183,7 +189,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ open
     def open(self, job_id: str, spec: JobSpec) -> Job:
-        if not JOB_ID_PATTERN.match(job_id):
+        if not JOB_ID_PATTERN.fullmatch(job_id):
             raise invalid(f"malformed job_id {shown(job_id)}: {JOB_ID_RULE}")
         if job_id in self.jobs or job_id in self._tombstones:
             raise RpcError(
@@ -237,10 +243,7 @@ class JobManager:
         limits = self.config.limits
         if self.is_dealer:
             raise precondition("the dealer holds no shares: upload shares to the compute parties only")
-        if not TENSOR_NAME_PATTERN.match(name):
-            raise invalid(
-                "tensor names must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or _"
-            )
+        check_tensor_name(name)
         if dtype != "<u8":
             raise invalid(f"shares are uint64 ring elements (dtype '<u8'), got dtype {dtype[:16]!r}")
         if not 2 <= len(shape) <= MAX_NDIM + 1 or any(d < 1 for d in shape):
@@ -305,8 +308,7 @@ class JobManager:
         if len(params_json.encode()) > self.config.limits.max_params_bytes:
             raise invalid(f"params_json exceeds {self.config.limits.max_params_bytes} bytes")
         for name, shape in inputs.items():
-            if not TENSOR_NAME_PATTERN.match(name):
-                raise invalid("input names must be 1-64 characters from [A-Za-z0-9_.-]")
+            check_tensor_name(name)
             if not 1 <= len(shape) <= MAX_NDIM or any(d < 1 for d in shape):
                 raise invalid(f"input {name!r} has an invalid shape {shown_shape(shape)}")
             if not self.is_dealer:
@@ -501,6 +503,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ results, status, close
     def fetch(self, job: Job, batch: int, name: str) -> tuple[np.ndarray, int]:
+        check_tensor_name(name)
         if self.is_dealer:
             raise precondition("the dealer holds no result shares: fetch from the compute parties")
         if job.result is None or job.result.batch != batch:
