@@ -284,7 +284,8 @@ class JobManager:
     def reserve_upload(self, job: Job, nbytes: int) -> None:
         """Count an accepted upload header against the server's limits until :meth:`release_upload`."""
         self.resources.check_server_bytes(self.held_bytes, nbytes)
-        self.resources.check_memory("upload")
+        in_flight = sum(j.in_flight_bytes for j in self.jobs.values())
+        self.resources.check_memory("upload", adding=nbytes, reserved=in_flight)
         job.in_flight_bytes += nbytes
 
     def release_upload(self, job: Job, nbytes: int) -> None:
