@@ -120,6 +120,27 @@ def test_idle_job_is_dropped_when_a_peer_dies(tmp_path):
         assert "aborted" in info.value.failures[1][1]
 
 
+def test_a_dead_dealer_is_named_by_a_call_it_was_not_part_of(tmp_path):
+    """Killed between batches, the dealer is first noticed by the compute parties ("aborted: the
+    stream with participant 2 broke") on an upload that only goes to them: the error still names it."""
+    with (
+        running_cluster(tmp_path, "2pc") as (config, cluster),
+        ClusterClient(config, deadline_s=DEADLINE_S) as client,
+    ):
+        job = client.open_job("rounds")
+        job.upload("x", FP.encode(np.full(2, 0.5)))
+        job.evaluate(params={"rounds": 3})
+        cluster.kill_one(2)
+        assert _wait_for(lambda: _job_gone(client, 0, job.job_id), 10)
+        with pytest.raises(ClusterError) as info:
+            job.upload("x", FP.encode(np.full(2, 0.25)))
+        assert 2 not in info.value.failures  # the upload went to the compute parties only
+        assert info.value.unreachable == [2] and info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert f"participant 2 ({config.party(2).name} at {config.party(2).address}) is unreachable" in str(
+            info.value
+        )
+
+
 def test_deadline_expiry_aborts_the_job_everywhere(tmp_path):
     """A data owner's deadline that expires mid-evaluation cancels and drops the job on every server."""
     with (
