@@ -114,6 +114,7 @@ class Job:
     next_batch: int = 0
     result: BatchResult | None = None
     running: bool = False
+    batch_inputs: frozenset[str] = frozenset()  # the inputs of the batch running or waiting for peers
     ctx: Context | None = None
     transport: GrpcTransport | None = None
     incoming: dict[int, asyncio.Future] = field(default_factory=dict)
@@ -265,6 +266,7 @@ class JobManager:
                 f"{limits.max_upload_bytes})"
             )
         self._accepting("uploads")
+        self._not_in_running_batch(job, name)
         replaced = job.uploads.get(name)
         total = (
             job.upload_bytes + job.in_flight_bytes - (replaced.nbytes if replaced is not None else 0) + nbytes
@@ -291,9 +293,19 @@ class JobManager:
     def release_upload(self, job: Job, nbytes: int) -> None:
         job.in_flight_bytes = max(0, job.in_flight_bytes - nbytes)
 
+    @staticmethod
+    def _not_in_running_batch(job: Job, name: str) -> None:
+        """An input of the batch that runs (or waits for its peers) cannot be replaced until it ends."""
+        if job.running and name in job.batch_inputs:
+            raise precondition(
+                f"input {name!r} of job {job.job_id!r} is used by batch {job.next_batch}, which is running "
+                "or waiting for the other participants; upload it again after that batch"
+            )
+
     def store_upload(self, job: Job, name: str, share: np.ndarray) -> None:
         if job.aborted:
             raise not_found(f"job {job.job_id!r} was aborted during the upload: {job.aborted}")
+        self._not_in_running_batch(job, name)  # a batch may have started while the data arrived
         replaced = job.uploads.get(name)
         job.upload_bytes += share.nbytes - (replaced.nbytes if replaced is not None else 0)
         job.uploads[name] = share
@@ -338,11 +350,14 @@ class JobManager:
     ) -> BatchResult:
         """Run one batch with the peers; on any failure the job is aborted and an RpcError raised."""
         job.running = True
+        job.batch_inputs = frozenset(inputs)
+        # the shares as planned: what the batch computes on cannot change while it waits for its peers
+        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
         try:
             if job.transport is None:
                 await self._connect(job)
             loop = asyncio.get_running_loop()
-            run = partial(self._run_batch, job, batch, dict(inputs), params, dict(outputs))
+            run = partial(self._run_batch, job, batch, dict(inputs), shares, params, dict(outputs))
             result = await loop.run_in_executor(self._executor, run)
         except asyncio.CancelledError:
             self.abort(
@@ -370,6 +385,7 @@ class JobManager:
             ) from None
         finally:
             job.running = False
+            job.batch_inputs = frozenset()
         if job.aborted:
             raise unavailable(f"job {job.job_id!r} aborted on participant {self.me}: {job.aborted}")
         job.result = result
@@ -379,7 +395,15 @@ class JobManager:
         job.touch()
         return result
 
-    def _run_batch(self, job: Job, batch: int, inputs: dict, params: BaseModel, outputs: dict) -> BatchResult:
+    def _run_batch(
+        self,
+        job: Job,
+        batch: int,
+        inputs: dict,
+        shares: dict[str, np.ndarray] | None,
+        params: BaseModel,
+        outputs: dict,
+    ) -> BatchResult:
         """Worker thread: set up the context once, then run the program on this batch."""
         start = time.perf_counter()
         ctx = job.ctx
@@ -390,7 +414,6 @@ class JobManager:
             job.ctx = ctx
             if job.program.uses_model:
                 job.model_tensors = self.model.wrap(ctx)
-        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
         produced = run_program(ctx, job.program, params, shares, inputs, job.model_tensors, job.state)
         if set(produced) != set(outputs):
             raise ProtocolError(
