@@ -80,6 +80,11 @@ def test_refused_and_aborted_uploads_leave_memory_where_it_was(tmp_path):
         job.close()
         after_close = settled_rss(pid)
     growth = max(after_three, after_concurrent, after_close) - before
+    print(
+        f"\nP0 RSS: {before / MiB:.0f} MiB before, {after_three / MiB:.0f} after three refused 512 MiB "
+        "uploads, "
+        f"{after_concurrent / MiB:.0f} after two concurrent ones, {after_close / MiB:.0f} after CloseJob"
+    )
     record("memory: 5 short uploads declaring 512 MiB", 5, int(growth > NOISE))
     assert growth <= NOISE, (
         f"RSS {before / MiB:.0f} MiB before, {after_three / MiB:.0f} after three refused uploads, "
