@@ -22,10 +22,9 @@ from pydantic import BaseModel
 
 from mpc_core.ring import RING_DTYPE
 from mpc_core.transport.base import ProtocolError, TransportClosed
-from proto.contracts import TENSOR_NAME_PATTERN
 from server.errors import RpcError, invalid, not_found, precondition, shown, shown_shape, unavailable
 from server.execute import run_program, start_context
-from server.job_state import MAX_NDIM, BatchResult, Job
+from server.job_state import MAX_NDIM, BatchResult, Job, check_tensor_name
 from server.programs import PlanError
 
 if TYPE_CHECKING:
@@ -72,8 +71,7 @@ class BatchRunner:
         if len(params_json.encode()) > self.config.limits.max_params_bytes:
             raise invalid(f"params_json exceeds {self.config.limits.max_params_bytes} bytes")
         for name, shape in inputs.items():
-            if not TENSOR_NAME_PATTERN.match(name):
-                raise invalid("input names must be 1-64 characters from [A-Za-z0-9_.-]")
+            check_tensor_name(name)
             if not 1 <= len(shape) <= MAX_NDIM or any(d < 1 for d in shape):
                 raise invalid(f"input {name!r} has an invalid shape {shown_shape(shape)}")
             if not self.is_dealer:
@@ -102,11 +100,14 @@ class BatchRunner:
     ) -> BatchResult:
         """Run one batch with the peers; on any failure the job is aborted and an RpcError raised."""
         job.running = True
+        job.batch_inputs = frozenset(inputs)
+        # the shares as planned: what the batch computes on cannot change while it waits for its peers
+        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
         try:
             if job.transport is None:
                 await self.mesh.connect(job)
             loop = asyncio.get_running_loop()
-            run = partial(self._run_batch, job, batch, dict(inputs), params, dict(outputs))
+            run = partial(self._run_batch, job, batch, dict(inputs), shares, params, dict(outputs))
             result = await loop.run_in_executor(self.executor, run)
         except asyncio.CancelledError:
             self.registry.abort(
@@ -134,6 +135,7 @@ class BatchRunner:
             ) from None
         finally:
             job.running = False
+            job.batch_inputs = frozenset()
         if job.aborted:
             raise unavailable(f"job {job.job_id!r} aborted on participant {self.me}: {job.aborted}")
         job.result = result
@@ -143,7 +145,15 @@ class BatchRunner:
         job.touch()
         return result
 
-    def _run_batch(self, job: Job, batch: int, inputs: dict, params: BaseModel, outputs: dict) -> BatchResult:
+    def _run_batch(
+        self,
+        job: Job,
+        batch: int,
+        inputs: dict,
+        shares: dict[str, np.ndarray] | None,
+        params: BaseModel,
+        outputs: dict,
+    ) -> BatchResult:
         """Worker thread: set up the context once, then run the program on this batch."""
         start = time.perf_counter()
         ctx = job.ctx
@@ -154,7 +164,6 @@ class BatchRunner:
             job.ctx = ctx
             if job.program.uses_model:
                 job.model_tensors = self.registry.model.wrap(ctx)
-        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
         produced = run_program(ctx, job.program, params, shares, inputs, job.model_tensors, job.state)
         if set(produced) != set(outputs):
             raise ProtocolError(
@@ -172,6 +181,7 @@ class BatchRunner:
         return BatchResult(batch=batch, outputs=info, shares=shares, seconds=time.perf_counter() - start)
 
     def fetch(self, job: Job, batch: int, name: str) -> tuple[np.ndarray, int]:
+        check_tensor_name(name)
         if self.is_dealer:
             raise precondition("the dealer holds no result shares: fetch from the compute parties")
         if job.result is None or job.result.batch != batch:

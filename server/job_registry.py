@@ -60,7 +60,7 @@ class JobRegistry:
 
     # ------------------------------------------------------------------ lookups
     def get(self, job_id: str) -> Job:
-        if not JOB_ID_PATTERN.match(job_id):  # checked first: a request's id is never echoed at length
+        if not JOB_ID_PATTERN.fullmatch(job_id):  # checked first: a request's id is never echoed at length
             raise invalid(f"malformed job id {shown(job_id)}: {JOB_ID_RULE}")
         job = self.jobs.get(job_id)
         if job is None:
@@ -73,7 +73,7 @@ class JobRegistry:
 
     # ------------------------------------------------------------------ open
     def open(self, job_id: str, spec: JobSpec) -> Job:
-        if not JOB_ID_PATTERN.match(job_id):
+        if not JOB_ID_PATTERN.fullmatch(job_id):
             raise invalid(f"malformed job_id {shown(job_id)}: {JOB_ID_RULE}")
         if job_id in self.jobs or job_id in self._tombstones:
             raise RpcError(

@@ -17,10 +17,18 @@ import numpy as np
 from mpc_core.context import Context
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.grpc_transport import GrpcTransport
+from proto.contracts import TENSOR_NAME_PATTERN
 from server.code_digest import protocol_code_digest
+from server.errors import invalid
 from server.programs import Program
 
 MAX_NDIM = 8
+
+
+def check_tensor_name(name: str) -> None:
+    """Refuse a malformed tensor name (matched whole: no trailing newline or other control character)."""
+    if not TENSOR_NAME_PATTERN.fullmatch(name):
+        raise invalid("tensor names must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or _")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Job:
     next_batch: int = 0
     result: BatchResult | None = None
     running: bool = False
+    batch_inputs: frozenset[str] = frozenset()  # the inputs of the batch running or waiting for peers
     ctx: Context | None = None
     transport: GrpcTransport | None = None
     incoming: dict[int, asyncio.Future] = field(default_factory=dict)

@@ -125,8 +125,16 @@ class PartyService(party_pb2_grpc.PartyServicer):
             self.manager.uploads.store(job, assembler.header.name, share)
             return party_pb2.UploadReply(name=assembler.header.name, bytes_received=share.nbytes)
         except RpcError as exc:
+            if assembler is not None:  # before the abort: its traceback would keep the buffer alive
+                assembler.discard()
+                assembler = None
+            if job is not None and reserved:
+                self.manager.uploads.release(job, reserved)
+                reserved = 0
             await context.abort(exc.code, exc.message)
         finally:
+            if assembler is not None and reserved:  # cancelled or failed otherwise mid-stream
+                assembler.discard()
             if job is not None and reserved:
                 self.manager.uploads.release(job, reserved)
 
@@ -198,9 +206,14 @@ class PartyService(party_pb2_grpc.PartyServicer):
             result = await self.manager.runner.evaluate(job, request.batch, inputs, params, outputs)
             log.info("job %s batch %d done in %.3f s", job.job_id, request.batch, time.perf_counter() - start)
         except RpcError as exc:
+            staged.clear()
+            if job is not None and reserved:
+                self.manager.uploads.release(job, reserved)
+                reserved = 0
             await context.abort(exc.code, exc.message)
             return
         finally:
+            staged.clear()
             if job is not None and reserved:
                 self.manager.uploads.release(job, reserved)
         await context.write(party_pb2.GenerateReply(evaluated=_evaluate_reply(result)))
@@ -281,6 +294,9 @@ class PartyService(party_pb2_grpc.PartyServicer):
                 raise invalid("the evaluation must name the job its shares were sent to")
             return job, evaluate, reserved
         except BaseException:
+            if assembler is not None:  # a refused stream must not keep its buffer alive through a traceback
+                assembler.discard()
+            staged.clear()
             if job is not None and reserved:
                 uploads.release(job, reserved)
             raise

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from proto.contracts import TENSOR_NAME_PATTERN
 from server.errors import exhausted, invalid, not_found, precondition, shown_shape
-from server.job_state import MAX_NDIM, Job
+from server.job_state import MAX_NDIM, Job, check_tensor_name
 
 if TYPE_CHECKING:
     from server.job_registry import JobRegistry
@@ -36,10 +35,7 @@ class Uploads:
         limits = self.config.limits
         if self.is_dealer:
             raise precondition("the dealer holds no shares: upload shares to the compute parties only")
-        if not TENSOR_NAME_PATTERN.match(name):
-            raise invalid(
-                "tensor names must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or _"
-            )
+        check_tensor_name(name)
         if dtype != "<u8":
             raise invalid(f"shares are uint64 ring elements (dtype '<u8'), got dtype {dtype[:16]!r}")
         if not 2 <= len(shape) <= MAX_NDIM + 1 or any(d < 1 for d in shape):
@@ -61,6 +57,7 @@ class Uploads:
                 f"{limits.max_upload_bytes})"
             )
         self.registry.accepting("uploads")
+        self._not_in_running_batch(job, name)
         replaced = job.uploads.get(name)
         total = (
             job.upload_bytes + job.in_flight_bytes - (replaced.nbytes if replaced is not None else 0) + nbytes
@@ -80,15 +77,26 @@ class Uploads:
     def reserve(self, job: Job, nbytes: int) -> None:
         """Count an accepted upload header against the server's limits until :meth:`release`."""
         self.resources.check_server_bytes(self.registry.held_bytes, nbytes)
-        self.resources.check_memory("upload")
+        in_flight = sum(j.in_flight_bytes for j in self.registry.jobs.values())
+        self.resources.check_memory("upload", adding=nbytes, reserved=in_flight)
         job.in_flight_bytes += nbytes
 
     def release(self, job: Job, nbytes: int) -> None:
         job.in_flight_bytes = max(0, job.in_flight_bytes - nbytes)
 
+    @staticmethod
+    def _not_in_running_batch(job: Job, name: str) -> None:
+        """An input of the batch that runs (or waits for its peers) cannot be replaced until it ends."""
+        if job.running and name in job.batch_inputs:
+            raise precondition(
+                f"input {name!r} of job {job.job_id!r} is used by batch {job.next_batch}, which is running "
+                "or waiting for the other participants; upload it again after that batch"
+            )
+
     def store(self, job: Job, name: str, share: np.ndarray) -> None:
         if job.aborted:
             raise not_found(f"job {job.job_id!r} was aborted during the upload: {job.aborted}")
+        self._not_in_running_batch(job, name)  # a batch may have started while the data arrived
         replaced = job.uploads.get(name)
         job.upload_bytes += share.nbytes - (replaced.nbytes if replaced is not None else 0)
         job.uploads[name] = share
