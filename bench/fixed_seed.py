@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mpc_core import functions as F
+from mpc_core import functions as fn
+from mpc_core.context import Context
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
+from mpc_core.runtime import make_context
 from mpc_core.suites import suite_class
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.inprocess import InProcessNetwork
-from mpc_core.context import Context
 from server.seeding import seeded_setup
 
 TEST_SEED = b"fixed-seed fingerprint"
@@ -56,12 +57,12 @@ def _ops(ctx, t: dict[str, SharedTensor], model) -> dict[str, SharedTensor | np.
     out["fourier"] = x.fourier(2.0**8, [1, 2], [0.5, 0.25], [0.1, 0.0], linear=[(y, 0.5)])
     out["msb"] = x.msb()
     out["msb_window"] = x.msb(bound=64.0, resolution=2.0**-6)
-    out["exp"] = F.exp(x)
-    out["reciprocal"] = F.reciprocal(p)
-    out["rsqrt"] = F.rsqrt(p)
-    out["gelu"] = F.gelu(x)
-    out["softmax"] = F.softmax(x)
-    out["relu"] = F.relu(x)
+    out["exp"] = fn.exp(x)
+    out["reciprocal"] = fn.reciprocal(p)
+    out["rsqrt"] = fn.rsqrt(p)
+    out["gelu"] = fn.gelu(x)
+    out["softmax"] = fn.softmax(x)
+    out["relu"] = fn.relu(x)
     out["input"] = SharedTensor.input(ctx, np.arange(4.0) if ctx.participant == 1 else None, (4,), 1)
     out["reveal"] = (x * y).reveal()
     if model is not None:
@@ -72,7 +73,7 @@ def _ops(ctx, t: dict[str, SharedTensor], model) -> dict[str, SharedTensor | np.
 def _tiny_model(suite: str, fp: FixedPoint, folder: Path) -> Callable | None:
     """A one-layer random BERT shared with a fixed PRG; returns ctx -> logits (shared)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers_models import make_tiny_model, random_batch  # noqa: PLC0415 - test helper
+    from helpers_models import make_tiny_model, random_batch
 
     from model_owner.share import share_tensors
     from mpc_core.nn.backend import SecureBackend
@@ -107,7 +108,7 @@ def _tiny_model(suite: str, fp: FixedPoint, folder: Path) -> Callable | None:
 
 def _context(me: int, suite: str, transport, fp: FixedPoint) -> Context:
     """A participant's context with the PRG seeds derived from the test seed."""
-    ctx = Context(me, suite, transport, fp)
+    ctx = make_context(me, suite, transport, fp)
     seeded_setup(ctx, TEST_SEED)
     return ctx
 

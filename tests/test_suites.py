@@ -19,7 +19,7 @@ import pytest
 from mpc_core.context import Context
 from mpc_core.prg import PRG, system_prg
 from mpc_core.ring import FixedPoint
-from mpc_core.runtime import run_parties
+from mpc_core.runtime import make_context, run_parties
 from mpc_core.suites import suite_class
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.base import ProtocolError, Transport, TransportClosed
@@ -507,7 +507,7 @@ def run_contexts(
 
     def body(participant: int) -> None:
         try:
-            ctx = Context(
+            ctx = make_context(
                 participant,
                 suites[participant],
                 network.transport(participant),
