@@ -31,8 +31,8 @@ from mpc_core.transport.base import ProtocolError, Transport
 if TYPE_CHECKING:
     from mpc_core.suites.base import Suite
 
+#: Participants are numbered 0, 1, 2 in every suite (which of them hold shares is the suite's fact).
 PARTICIPANTS = 3
-DEALER = 2  # the dealer's participant number in 2pc
 
 
 @dataclass
