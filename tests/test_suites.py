@@ -639,3 +639,62 @@ def test_input_from_a_participant_without_data_raises(suite: str, owner: int) ->
 def test_unknown_suite_name() -> None:
     with pytest.raises(ValueError, match="unknown suite"):
         suite_class("4pc")
+
+
+# ---------------------------------------------------------------------------------- facts and messages
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_facts_agree_with_its_shares(suite: str) -> None:
+    """The facts processes read without building a suite match what the suite's split produces."""
+    cls = suite_class(suite)
+    shares = cls.split(np.arange(6, dtype=np.uint64).reshape(2, 3), system_prg())
+    assert len(shares) == len(cls.compute_parties)
+    assert all(s.shape == (cls.slots, 2, 3) for s in shares)
+    assert cls.share_bytes(6) == shares[0].nbytes
+    roles = [cls.role(p) for p in range(cls.participants)]
+    assert [p for p, r in enumerate(roles) if r == "party"] == list(cls.compute_parties)
+    assert [p for p, r in enumerate(roles) if r == "dealer"] == ([] if cls.dealer is None else [cls.dealer])
+    with pytest.raises(ValueError, match="participants"):
+        cls.role(cls.participants)
+
+
+def test_context_without_a_suite_refuses() -> None:
+    ctx = Context(0, InProcessNetwork(3).transport(0), FP)
+    with pytest.raises(RuntimeError, match="no suite"):
+        ctx.suite  # noqa: B018 - the access is the test
+    ctx.attach(suite_class("2pc")(ctx))
+    with pytest.raises(RuntimeError, match="already"):
+        ctx.attach(suite_class("2pc")(ctx))
+
+
+def test_rotate_batches_arrays_into_one_message_per_party() -> None:
+    """rotate: each participant gets its next neighbour's arrays (shapes kept) in one round, one message."""
+
+    def program(ctx: Context):
+        me = ctx.participant
+        mine = [np.full((2, 3), me, dtype=np.uint64), np.arange(4, dtype=np.uint64) + 10 * me]
+        before = ctx.stats.total.as_dict()
+        got = ctx.rotate(mine, "test")
+        after = ctx.stats.total.as_dict()
+        return got, after["rounds"] - before["rounds"], after["messages"] - before["messages"]
+
+    outcome = run_contexts(["3pc"] * 3, program)
+    for me, (got, rounds, messages) in enumerate(outcome):
+        nxt = (me + 1) % 3
+        assert got[0].shape == (2, 3) and np.all(got[0] == nxt)
+        assert np.array_equal(got[1], np.arange(4) + 10 * nxt)
+        assert (rounds, messages) == (1, 1)
+
+
+def test_labels_name_a_divergence_at_the_first_message() -> None:
+    """Two parties that open different things fail with a tag naming both openings."""
+
+    def program(ctx: Context):
+        if ctx.participant == 2:
+            return None
+        label = "open(x-a)" if ctx.participant == 0 else "open(x+t)"
+        return ctx.swap(1 - ctx.participant, [np.zeros(3, dtype=np.uint64)], label)
+
+    outcome = run_contexts(["2pc"] * 3, program)
+    errors = [o for o in outcome[:2] if isinstance(o, ProtocolError)]
+    assert errors, outcome
+    assert all("open(x-a)" in str(e) and "open(x+t)" in str(e) for e in errors)

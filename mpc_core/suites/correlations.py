@@ -246,6 +246,10 @@ class DealerCorrelations(Correlations):
         self._deal(out_shape, lambda: ring_matmul(a, b), "matmul_triple")
 
     def fixed_matmul_triple(self, a_shape, key, b_shape, out_shape):
+        if key in self._fixed and self._fixed[key].shape != tuple(b_shape):
+            raise ValueError(
+                f"fixed operand {key!r} was registered with shape {self._fixed[key].shape}, got {b_shape}"
+            )
         a = self._value(a_shape)
         if key not in self._fixed:
             self._fixed[key] = self._value(b_shape)

@@ -34,6 +34,7 @@ import numpy as np
 from mpc_core.context import flatten, split_back
 from mpc_core.ring import EXACT_TRUNC_BITS, RING_DTYPE, ring_matmul, ring_scalar, to_signed
 from mpc_core.suites.correlations import (
+    Correlations,
     DealerCorrelations,
     PartyCorrelations,
     encode_public,
@@ -104,7 +105,7 @@ class TwoPartyCore:
     """A compute party's online 2-of-2 protocols (``role`` 0 or 1; ``other`` is the other party)."""
 
     def __init__(
-        self, ctx: Context, role: int, other: int, corr: PartyCorrelations, exact_truncation: bool
+        self, ctx: Context, role: int, other: int, corr: Correlations, exact_truncation: bool
     ) -> None:
         self.ctx = ctx
         self.role = role
@@ -344,7 +345,7 @@ class TwoPartyDealer:
     """The dealer's side of :class:`TwoPartyCore`: the same kernels, dealing their correlations in the
     same order and returning zero placeholders of the outputs' shapes (the dealer holds no shares)."""
 
-    def __init__(self, ctx: Context, corr: DealerCorrelations, exact_truncation: bool) -> None:
+    def __init__(self, ctx: Context, corr: Correlations, exact_truncation: bool) -> None:
         self.ctx = ctx
         self.corr = corr
         self.truncate = self.truncate_exact if exact_truncation else self.truncate_local
