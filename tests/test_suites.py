@@ -698,3 +698,53 @@ def test_labels_name_a_divergence_at_the_first_message() -> None:
     errors = [o for o in outcome[:2] if isinstance(o, ProtocolError)]
     assert errors, outcome
     assert all("open(x-a)" in str(e) and "open(x+t)" in str(e) for e in errors)
+
+
+class CountingCorrelations:
+    """Wraps a participant's correlations and records which correlation each call asked for."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, bool]] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            fresh_mask = name == "fixed_matmul_triple" and out is not None and out.b is not None
+            self.calls.append((name, fresh_mask))
+            return out
+
+        return call
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_participant_asks_for_the_same_correlations(suite: str) -> None:
+    """The online protocol and the dealer's side ask the correlations seam for the same catalogue entries
+    in the same order; a fixed operand's mask is dealt with its first product only."""
+    rng = np.random.default_rng(4)
+    x, w = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
+
+    def program(ctx: Context, X: SharedTensor, W: SharedTensor):
+        core = ctx.suite.core
+        core.corr = counting = CountingCorrelations(core.corr)
+        X * X
+        X.square()
+        X @ W.fixed("w")
+        X @ W.fixed("w")
+        X.msb()
+        X.trig(2.0**6, [1, 2])
+        return counting.calls
+
+    calls = run_parties(suite, program, x, w)
+    names = [[name for name, _ in c] for c in calls]
+    assert names[0] == names[1] == names[2]
+    assert {"trunc_pair", "and_triple", "bit_pair", "trig_pair"} <= set(names[0])
+    if suite == "3pc":  # products are local plus a reshare: only the 2-of-2 kernels use correlations
+        assert not {"mul_triple", "square_pair", "fixed_matmul_triple"} & set(names[0])
+        return
+    assert names[0][:4] == ["mul_triple", "trunc_pair", "square_pair", "trunc_pair"]
+    assert names[0].count("fixed_matmul_triple") == 2
+    for p in (0, 1):  # the parties get the weight's mask share once
+        assert [fresh for name, fresh in calls[p] if name == "fixed_matmul_triple"] == [True, False]
