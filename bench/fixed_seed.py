@@ -79,9 +79,13 @@ def _tiny_model(suite: str, fp: FixedPoint, folder: Path) -> Callable | None:
     from mpc_core.nn.backend import SecureBackend
     from mpc_core.nn.batch import candidate_logits
     from mpc_core.nn.config import AttentionConfig
-    from mpc_core.nn.embedding import PublicEmbeddings
     from mpc_core.nn.heads import MLMHead
     from mpc_core.nn.weights import load_checkpoint, split_public, wrap_shares
+
+    try:  # the public embedding layer belongs to the data owner (issue 19); before that, to mpc_core.nn
+        from data_owner.embedding import PublicEmbeddings
+    except ImportError:
+        from mpc_core.nn.embedding import PublicEmbeddings
 
     ckpt = make_tiny_model(folder / "ckpt", "bert", mlm=True, seed=3, num_hidden_layers=1)
     cfg, weights = load_checkpoint(ckpt)
