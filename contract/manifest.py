@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mpc_core.nn.config import EncoderConfig
 from mpc_core.nn.weights import CheckpointError, is_matrix_weight
 from mpc_core.ring import RING_DTYPE
-from mpc_core.suites import suite_class
+from mpc_core.suites import SuiteName, suite_class
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
@@ -96,7 +96,7 @@ class ShareManifest(BaseModel):
     format: Literal["secp-shares/1"] = FORMAT
     arch: Literal["bert", "roberta"]
     config: EncoderConfig
-    suite: Literal["2pc", "3pc"]
+    suite: SuiteName
     fixed_point: FixedPointSpec
     #: Canonical name -> shape of every secret-shared tensor (shares add a leading slot axis).
     tensors: dict[str, list[int]]
