@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the server image (tag: $SECP_IMAGE, default secp-tuning-server:latest) from a base image and the
+# host's wheelhouse.  The base is $SECP_BASE_IMAGE when set; otherwise python:3.11-slim when it is
+# already present locally; otherwise secp-base:bookworm, built by deploy/base-image.sh (root and
+# debootstrap; this is what these machines, with no image registry, use).  Prints the image's size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+image=${SECP_IMAGE:-secp-tuning-server:latest}
+base=${SECP_BASE_IMAGE:-}
+if [ -z "$base" ]; then
+    if docker image inspect python:3.11-slim >/dev/null 2>&1; then
+        base=python:3.11-slim
+    else
+        base=secp-base:bookworm
+    fi
+fi
+if [ "$base" = secp-base:bookworm ]; then
+    deploy/base-image.sh "$base"
+fi
+deploy/wheelhouse.sh
+# The legacy builder needs no buildx plugin (Debian's docker.io has none) and works on old daemons.
+DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE="$base" --tag "$image" . >/dev/null
+size=$(docker image inspect --format '{{.Size}}' "$image")
+echo "image: $image from $base, $((size / 1000000)) MB" >&2
