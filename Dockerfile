@@ -22,13 +22,16 @@ RUN python3 -m venv /opt/secp \
 WORKDIR /src
 COPY . .
 # Generated gRPC modules at build time; then the package itself, without dependencies (all present).
-# torch's C++ headers and CMake files serve extension builds only: dropped to keep the image lean.
+# Dropped to keep the image lean (about 120 MB): torch's C++ headers and CMake files (extension builds
+# only) and sympy, mpmath and networkx, which torch needs for torch.compile/fx only; the servers use eager
+# CPU kernels (ring GEMM, erf).  The import below and the container tests check what remains.
 RUN /opt/secp/bin/python -m proto.build \
     && /opt/secp/bin/pip install --no-index --no-deps --no-build-isolation . \
-    && /opt/secp/bin/pip uninstall --yes setuptools wheel \
+    && /opt/secp/bin/pip uninstall --yes setuptools wheel sympy mpmath networkx \
     && rm -rf /opt/secp/lib/python3.11/site-packages/torch/include \
         /opt/secp/lib/python3.11/site-packages/torch/share/cmake \
-    && /opt/secp/bin/python -c "import server.party_service, mpc_core.ring, torch; print('torch', torch.__version__)"
+    && /opt/secp/bin/python -c "import server.party_service, mpc_core.ring, torch; \
+mpc_core.ring.check_matmul_wraps(); print('torch', torch.__version__, 'ring GEMM exact')"
 
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \

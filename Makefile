@@ -55,7 +55,6 @@ image:
 	deploy/build-image.sh
 
 compose-up: install image
-	$(BIN)/python -m proto.build
 	test -f .cluster/certs/ca.pem || $(BIN)/secp-cluster certs --config cluster.example.yaml
 	$(BIN)/python deploy/stage.py --config cluster.example.yaml --model $(MODEL) --out .cluster/compose
 	$(COMPOSE) up --detach --no-build

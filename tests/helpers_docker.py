@@ -95,6 +95,18 @@ def inspect(container: str) -> dict:
     return json.loads(sh(["docker", "inspect", container]).stdout)[0]
 
 
+def wait_reachable(cluster_file: Path, timeout_s: float = 120) -> None:
+    """Wait until the data owner itself gets ServerInfo from every participant (TLS, its own identity).
+
+    Docker's health checks run inside each container; this is the view from the data owner's machine
+    (published ports, a restarted server's new listener), which is what a tuning run needs first.
+    """
+    from data_owner.client import ClusterClient, wait_until_serving
+
+    with ClusterClient.from_file(cluster_file, deadline_s=10.0) as client:
+        wait_until_serving(client, timeout_s=timeout_s)
+
+
 def wait_healthy(project: str, services: list[str], timeout_s: float = 120) -> dict[str, str]:
     """Wait until every service's container reports healthy (Docker's own health check status)."""
     deadline = time.monotonic() + timeout_s

@@ -30,6 +30,7 @@ from helpers_docker import (
     sh,
     usable_docker,
     wait_healthy,
+    wait_reachable,
 )
 from test_data_owner_common import tiny_config, tiny_setup
 
@@ -44,8 +45,9 @@ pytestmark = [
 
 BIN = Path(sys.executable).parent
 SERVICES = ["dealer", "p0", "p1"]
-#: one generation of the tiny tuning job; the compared job runs 3, the killed one 40 (killed in the first)
+#: one generation of the tiny tuning job; the compared job runs 3, the killed one 12 (killed after 2)
 POPSIZE = 6
+KILLED_GENERATIONS = 12
 
 
 def tune(config: Path, out: Path, budget: int, *, check: bool = True) -> subprocess.CompletedProcess:
@@ -139,6 +141,7 @@ def test_compose_cluster_tunes_like_the_process_cluster_survives_a_kill_and_leav
     try:
         sh([*compose, "up", "--detach", "--no-build"], env=env, timeout=300)
         assert wait_healthy(project, SERVICES) == dict.fromkeys(SERVICES, "healthy")
+        wait_reachable(cluster)
         for service in SERVICES:
             info = inspect(container_of(project, service))
             assert info["HostConfig"]["ReadonlyRootfs"] is True
@@ -162,12 +165,13 @@ def test_compose_cluster_tunes_like_the_process_cluster_survives_a_kill_and_leav
 
         # 4. P1's container killed mid-job: a clear error naming it, then a resume once it is back.
         out = root / "killed"
-        cmd = [BIN / "secp-tune", "run", *job_args(world["run"]), "--out", out, "--budget", 40 * POPSIZE]
+        budget = KILLED_GENERATIONS * POPSIZE
+        cmd = [BIN / "secp-tune", "run", *job_args(world["run"]), "--out", out, "--budget", budget]
         proc = subprocess.Popen(
             [str(c) for c in [*cmd, "--quiet"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         deadline = time.monotonic() + 300
-        while len(RunFolder(out).read_history()) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        while len(RunFolder(out).read_history()) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, "the job ended before it could be interrupted"
         sh(["docker", "kill", "--signal", "KILL", container_of(project, "p1")])
@@ -179,14 +183,16 @@ def test_compose_cluster_tunes_like_the_process_cluster_survives_a_kill_and_leav
         assert proc.returncode == 3, (proc.returncode, stderr[-2000:])
         assert "error:" in stderr and "secp-p1" in stderr and "secp-tune resume" in stderr, stderr[-2000:]
         done = len(RunFolder(out).read_history())
-        assert 1 <= done < 41
+        assert 3 <= done <= KILLED_GENERATIONS
         sh([*compose, "start", "p1"], env=env)
-        wait_healthy(project, SERVICES)
+        wait_healthy(project, ["p1"])
+        wait_reachable(cluster)
         sh([BIN / "secp-tune", "resume", out, "--json", "--quiet"], timeout=900)
         history = RunFolder(out).read_history()
-        assert [h["generation"] for h in history] == list(range(41))
+        assert [h["generation"] for h in history] == list(range(KILLED_GENERATIONS + 1))
     finally:
         logs = sh([*compose, "logs", "--no-color"], env=env, check=False).stdout
+        print(logs[-6000:])  # shown by pytest when the test fails
         sh([*compose, "down", "--timeout", "20"], env=env, check=False, timeout=180)
 
     # 5. Nothing left running: no container of the project, the ports free again.

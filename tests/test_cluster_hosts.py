@@ -24,6 +24,7 @@ from helpers_docker import (
     sh,
     usable_docker,
     wait_healthy,
+    wait_reachable,
 )
 from test_data_owner_common import tiny_config, tiny_setup
 
@@ -131,6 +132,7 @@ def test_each_party_on_its_own_host(tmp_path: Path) -> None:
             popsize=6,
             eval_every=6,
         )
+        wait_reachable(owner / "cluster.yaml")
         run_options = owner / "run.yaml"
         run_options.write_text(yaml.safe_dump(job.model_dump(mode="json")))
         run = owner / "run"
@@ -161,6 +163,8 @@ def test_each_party_on_its_own_host(tmp_path: Path) -> None:
         )
         assert scored["private"] is True and scored["examples"] == 32
     finally:
+        for host in HOSTS:
+            print(sh([*compose(host), "logs", "--no-color"], env=env(host), check=False).stdout[-3000:])
         for host in HOSTS:
             sh([*compose(host), "down", "--timeout", "20"], env=env(host), check=False, timeout=180)
         sh(["docker", "network", "rm", network], check=False)
