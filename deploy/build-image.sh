@@ -19,6 +19,18 @@ if [ "$base" = secp-base:bookworm ]; then
 fi
 deploy/wheelhouse.sh
 # The legacy builder needs no buildx plugin (Debian's docker.io has none) and works on old daemons.
-DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE="$base" --tag "$image" . >/dev/null
+# The build stage is tagged too, so that its package layer stays cached across builds while the images
+# each rebuild replaces are removed (a machine that builds often does not fill its disk).
+id_of() { docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+cache=secp-tuning-build:cache
+old_cache=$(id_of "$cache") old_image=$(id_of "$image")
+export DOCKER_BUILDKIT=0
+docker build --quiet --build-arg BASE_IMAGE="$base" --target build --tag "$cache" . >/dev/null
+docker build --quiet --build-arg BASE_IMAGE="$base" --tag "$image" . >/dev/null
+for old in "$old_cache" "$old_image"; do
+    if [ -n "$old" ] && [ "$old" != "$(id_of "$cache")" ] && [ "$old" != "$(id_of "$image")" ]; then
+        docker rmi "$old" >/dev/null 2>&1 || true  # still used by a container: left alone
+    fi
+done
 size=$(docker image inspect --format '{{.Size}}' "$image")
 echo "image: $image from $base, $((size / 1000000)) MB" >&2
