@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the server image (tag: $SECP_IMAGE, default secp-tuning-server:latest) from a base image and the
 # host's wheelhouse.  The base is $SECP_BASE_IMAGE when set; otherwise python:3.11-slim when it is
-# already present locally; otherwise secp-base:bookworm, built by deploy/base-image.sh (root and
-# debootstrap; this is what these machines, with no image registry, use).  Prints the image's size.
+# already present locally; otherwise, as root with debootstrap, secp-base:bookworm built by
+# deploy/base-image.sh (what these machines, with no image registry, use); otherwise python:3.11-slim
+# pulled from the registry.  Prints the image's size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=${SECP_IMAGE:-secp-tuning-server:latest}
@@ -10,8 +11,11 @@ base=${SECP_BASE_IMAGE:-}
 if [ -z "$base" ]; then
     if docker image inspect python:3.11-slim >/dev/null 2>&1; then
         base=python:3.11-slim
-    else
+    elif [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then
         base=secp-base:bookworm
+    else
+        base=python:3.11-slim
+        docker pull --quiet "$base" >/dev/null
     fi
 fi
 if [ "$base" = secp-base:bookworm ]; then

@@ -39,6 +39,7 @@ from data_owner.runfolder import RunFolder
 from model_owner.share import share_model
 
 pytestmark = [
+    pytest.mark.slow,  # minutes; tests/test_cluster_compose.py checks the files and deploy/stage.py fast
     pytest.mark.timeout(1500),
     pytest.mark.skipif(usable_docker() is not None, reason=f"containers: {usable_docker()}"),
 ]

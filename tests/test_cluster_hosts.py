@@ -33,6 +33,7 @@ from model_owner.share import share_model
 from server.testing import free_ports
 
 pytestmark = [
+    pytest.mark.slow,  # minutes; tests/test_cluster_compose.py checks the files and deploy/stage.py fast
     pytest.mark.timeout(900),
     pytest.mark.skipif(usable_docker() is not None, reason=f"containers: {usable_docker()}"),
 ]
