@@ -19,7 +19,7 @@ python=${PYTHON:-python3}
 if [ "$(cat "$cache/.key" 2>/dev/null)" != "$key" ]; then
     echo "wheelhouse: downloading into $cache" >&2
     rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
-    "$python" -m pip download --quiet --no-warn-script-location --only-binary=:all: --python-version 3.11 --implementation cp \
+    "$python" -m pip download --quiet --only-binary=:all: --python-version 3.11 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform any --dest "$cache.tmp" -r "$requirements" setuptools wheel
     ls "$cache.tmp"/torch-*+cpu-*.whl >/dev/null 2>&1 || {

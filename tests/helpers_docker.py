@@ -42,7 +42,8 @@ def usable_docker() -> str | None:
         ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True
     )
     if info.returncode != 0:
-        return f"no usable Docker daemon: {info.stderr.strip().splitlines()[-1:] or info.returncode}"
+        lines = info.stderr.strip().splitlines()
+        return f"no usable Docker daemon: {lines[-1] if lines else f'docker info exited {info.returncode}'}"
     if compose_command() is None:
         return "no docker compose (neither the compose plugin nor docker-compose is installed)"
     return None

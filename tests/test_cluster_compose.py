@@ -47,7 +47,7 @@ def test_one_service_per_participant_of_the_example(compose):
         assert (example.party(p).role == "dealer") == ("--role" in service["command"]), name
         assert service["volumes"] == [f"${{SECP_STAGE:-./.cluster/compose}}/party{p}:/srv/secp:ro"]
         health = service["healthcheck"]["test"]
-        assert health == [
+        assert health[:7] == [
             "CMD",
             "secp-cluster",
             "health",
