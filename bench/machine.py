@@ -6,6 +6,31 @@ import os
 import platform
 
 import numpy as np
+import torch
+
+from mpc_core.ring import KERNEL
+
+
+def cpu_facts() -> dict[str, object]:
+    """The CPU's vector capability as torch dispatches on it, and the ring GEMM kernel chosen here.
+
+    Recorded with every section: the int64 ring GEMM is fast only where 64-bit multiplies are vectorised
+    (AVX-512), so a figure without the capability and kernel beside it cannot be compared across machines.
+    """
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = set(next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []))
+    except OSError:
+        pass
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512f": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+        "ring_gemm_kernel": KERNEL.name,
+        "ring_gemm_choice": KERNEL.reason,
+        "ring_gemm_startup_s": {name: round(s, 5) for name, s in KERNEL.seconds.items()},
+    }
 
 
 def machine_info() -> dict[str, object]:
@@ -27,6 +52,7 @@ def machine_info() -> dict[str, object]:
         pass
     return {
         "cpu": cpu,
+        **cpu_facts(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

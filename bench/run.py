@@ -15,7 +15,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from bench.machine import machine_info
+from bench.machine import cpu_facts, machine_info
 from bench.targets import evaluate
 from mpc_core.allocator import tune_allocator
 
@@ -67,7 +67,10 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
         "ring_matmul (seconds)",
         [
             ("shape", lambda r: r["shape"]),
+            ("kernel", lambda r: r.get("kernel", "int64")),
             ("ring", lambda r: f"{r['ring_s']:.4f}"),
+            ("int64 kernel", lambda r: f"{r.get('int64_s', float('nan')):.4f}"),
+            ("float64-limbs kernel", lambda r: f"{r.get('float64_limbs_s', float('nan')):.4f}"),
             ("numpy uint64", lambda r: f"{r['numpy_uint64_s']:.4f}"),
             ("float64", lambda r: f"{r['float64_s']:.4f}"),
             ("speed-up vs uint64", lambda r: f"{r['numpy_uint64_s'] / r['ring_s']:.1f}x"),
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("sections", {})[name] = {
             "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "load_average_before_and_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            **cpu_facts(),
         }
     results["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["machine"] = machine_info()

@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 
 import mpc_core.ring as ring_module
 from mpc_core.ring import (
+    KERNEL_ENV,
+    RING_GEMM_KERNELS,
     FixedPoint,
     as_ring,
     check_matmul_wraps,
     ring_matmul,
     ring_scalar,
+    select_kernel,
     to_signed,
     truncate_public,
 )
@@ -48,8 +51,12 @@ EXTREMES = [
     0x800007FFFFDFFFFF,
 ]
 #: Operands whose int64 products and running sums overflow on every term: a GEMM that saturated, rounded
-#: through floating point or lost the high half of a product would get these wrong.
-OVERFLOWING = [(1 << 63) - 1, 1 << 63, MOD - 1, (1 << 63) + 0x5555]
+#: through floating point or lost the high half of a product would get these wrong. The last has every
+#: float64 limb at its most negative (-2^21, -2^21, -2^19): at an inner dimension of 1024 the fused middle
+#: pass then sums exactly to 2^53, the edge of float64's exact integers.
+LIMB_EDGE = (-(1 << 21) - (1 << 43) - (1 << 63)) % MOD
+OVERFLOWING = [(1 << 63) - 1, 1 << 63, MOD - 1, (1 << 63) + 0x5555, LIMB_EDGE]
+KERNELS = sorted(RING_GEMM_KERNELS)
 
 ring_ints = st.one_of(st.integers(0, MOD - 1), st.sampled_from(EXTREMES))
 
@@ -196,19 +203,23 @@ def reference_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(py_ints(a), py_ints(b)) % MOD
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(matmul_case())
-def test_ring_matmul_exact_against_python_integers(case: tuple[np.ndarray, np.ndarray]) -> None:
+@given(case=matmul_case())
+def test_ring_matmul_exact_against_python_integers(kernel: str, case: tuple[np.ndarray, np.ndarray]) -> None:
     a, b = case
     expected = reference_matmul(a, b)
-    got = ring_matmul(a, b)
+    got = ring_matmul(a, b, kernel=kernel)
     assert got.dtype == np.uint64 and got.shape == expected.shape
     assert np.array_equal(py_ints(got), expected)
 
 
-@pytest.mark.parametrize("shape", [(64, 768, 96), (2, 3001, 3), (130, 70, 129)])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(64, 768, 96), (2, 3001, 3), (130, 70, 129), (3, 1024, 5)])
 @pytest.mark.parametrize("value", OVERFLOWING)
-def test_ring_matmul_overflowing_operands_at_kernel_sizes(shape: tuple[int, int, int], value: int) -> None:
+def test_ring_matmul_overflowing_operands_at_kernel_sizes(
+    kernel: str, shape: tuple[int, int, int], value: int
+) -> None:
     """Shapes large enough for the blocked, vectorised kernel, every product and sum overflowing int64."""
     n, k, m = shape
     rng = np.random.default_rng(value % 1000)
@@ -216,12 +227,13 @@ def test_ring_matmul_overflowing_operands_at_kernel_sizes(shape: tuple[int, int,
     a[:, ::7] = rng.integers(0, MOD, size=a[:, ::7].shape, dtype=np.uint64)
     b = np.full((k, m), value, dtype=np.uint64)
     expected = reference_matmul(a[:3], b) if n > 3 else reference_matmul(a, b)
-    got = ring_matmul(a, b)
+    got = ring_matmul(a, b, kernel=kernel)
     assert np.array_equal(py_ints(got[: expected.shape[0]]), expected)
     assert np.array_equal(got, a @ b)  # numpy's uint64 loop wraps exactly too (slow, but a full check)
 
 
-def test_ring_matmul_takes_read_only_and_strided_operands() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_ring_matmul_takes_read_only_and_strided_operands(kernel: str) -> None:
     """Arrays decoded from the wire are read-only; views may be transposed or reversed."""
     rng = np.random.default_rng(3)
     a = rng.integers(0, MOD, size=(5, 9), dtype=np.uint64)
@@ -229,10 +241,11 @@ def test_ring_matmul_takes_read_only_and_strided_operands() -> None:
     expected = a @ b
     a_ro = a.copy()
     a_ro.flags.writeable = False
-    assert np.array_equal(ring_matmul(a_ro, b), expected)
-    assert np.array_equal(ring_matmul(a[::-1], b[:, ::-1]), expected[::-1, ::-1])
-    assert np.array_equal(ring_matmul(np.asfortranarray(a), b.T.copy().T), expected)
-    assert np.array_equal(ring_matmul(a, np.broadcast_to(b, (2, 9, 4))), np.stack([expected] * 2))
+    assert np.array_equal(ring_matmul(a_ro, b, kernel=kernel), expected)
+    assert np.array_equal(ring_matmul(a[::-1], b[:, ::-1], kernel=kernel), expected[::-1, ::-1])
+    assert np.array_equal(ring_matmul(np.asfortranarray(a), b.T.copy().T, kernel=kernel), expected)
+    broadcast = ring_matmul(a, np.broadcast_to(b, (2, 9, 4)), kernel=kernel)
+    assert np.array_equal(broadcast, np.stack([expected] * 2))
 
 
 def test_wraparound_check_refuses_a_kernel_that_does_not_wrap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,6 +260,20 @@ def test_wraparound_check_refuses_a_kernel_that_does_not_wrap(monkeypatch: pytes
     monkeypatch.setattr(ring_module.torch, "matmul", saturating_matmul)
     with pytest.raises(RuntimeError, match="does not wrap"):
         check_matmul_wraps()
+
+
+def test_kernel_selection_pins_measures_and_refuses_unknown_names() -> None:
+    """SECP_RING_GEMM pins a kernel; unset or 'auto' measures both and keeps the faster; typos are refused."""
+    assert select_kernel({KERNEL_ENV: "float64-limbs"}).name == "float64-limbs"
+    assert select_kernel({KERNEL_ENV: "int64"}).reason.startswith("pinned")
+    measured = select_kernel({})
+    assert set(measured.seconds) == set(RING_GEMM_KERNELS)
+    assert measured.name == min(measured.seconds, key=measured.seconds.__getitem__)
+    assert select_kernel({KERNEL_ENV: "auto"}).seconds.keys() == measured.seconds.keys()
+    with pytest.raises(ValueError, match="not a ring GEMM kernel"):
+        select_kernel({KERNEL_ENV: "int32"})
+    with pytest.raises(ValueError, match="unknown ring GEMM kernel"):
+        ring_matmul(np.zeros((1, 1), dtype=np.uint64), np.zeros((1, 1), dtype=np.uint64), kernel="fast")
 
 
 def test_ring_matmul_rejects_bad_operands() -> None:
@@ -286,3 +313,25 @@ def test_prg_bits_are_fair_and_packed() -> None:
     bits = PRG(bytes(16)).bits((1000, 100))
     assert bits.shape == (1000, 100) and set(np.unique(bits)) == {0, 1}
     assert abs(bits.mean() - 0.5) < 0.005  # 10^5 fair bits: 3 sigma is 0.0047
+
+
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_secure_products_run_on_either_kernel(
+    monkeypatch: pytest.MonkeyPatch, suite: str, kernel: str
+) -> None:
+    """The suites' products (secret x secret and secret x public) are right whichever kernel a party chose."""
+    from mpc_core.runtime import run_parties
+
+    monkeypatch.setattr(ring_module, "KERNEL", select_kernel({KERNEL_ENV: kernel}))
+    rng = np.random.default_rng(7)
+    x, y, w = rng.normal(size=(4, 1100)), rng.normal(size=(1100, 3)), rng.normal(size=(1100, 2))
+
+    def program(ctx, X, Y):  # type: ignore[no-untyped-def]
+        return (X @ Y).reveal(), (X @ w).reveal()
+
+    xy, xw = run_parties(suite, program, x, y)[0]
+    # Each product of fixed-point operands is exact in the ring; the only error is the encoding of the
+    # operands (2^-17 each) summed over the inner dimension and one truncation: well below 1e-2.
+    np.testing.assert_allclose(xy, x @ y, atol=1e-2)
+    np.testing.assert_allclose(xw, x @ w, atol=1e-2)
