@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_core.nn.config import EncoderConfig
+from mpc_core.suites import SuiteName
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "secp-shares/1"
@@ -51,7 +52,7 @@ class ShareManifest(BaseModel):
     format: Literal["secp-shares/1"] = FORMAT
     arch: Literal["bert", "roberta"]
     config: EncoderConfig
-    suite: Literal["2pc", "3pc"]
+    suite: SuiteName
     fixed_point: FixedPointSpec
     #: Canonical name -> shape of every secret-shared tensor (shares add a leading slot axis).
     tensors: dict[str, list[int]]
