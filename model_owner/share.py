@@ -29,20 +29,20 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mpc_core.nn.config import EncoderConfig
-from mpc_core.nn.manifest import (
+from contract.manifest import (
     FixedPointSpec,
     PartyFile,
     PublicFiles,
     ShareManifest,
+    party_file_tensors,
     sha256_file,
 )
+from mpc_core.nn.config import EncoderConfig
 from mpc_core.nn.weights import (
     CheckpointError,
     canonical_shapes,
     is_public,
     load_checkpoint,
-    party_file_tensors,
     split_public,
 )
 from mpc_core.prg import PRG, fresh_seed
