@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_core.nn.config import EncoderConfig
+from mpc_core.nn.llama_config import DecoderConfig
+
+#: The architecture's config, told apart by its ``arch`` field (bert/roberta encoders, llama decoders).
+ModelConfig = Annotated[EncoderConfig | DecoderConfig, Field(discriminator="arch")]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "secp-shares/1"
@@ -49,8 +53,8 @@ class ShareManifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["secp-shares/1"] = FORMAT
-    arch: Literal["bert", "roberta"]
-    config: EncoderConfig
+    arch: Literal["bert", "roberta", "llama"]
+    config: ModelConfig
     suite: Literal["2pc", "3pc"]
     fixed_point: FixedPointSpec
     #: Canonical name -> shape of every secret-shared tensor (shares add a leading slot axis).
