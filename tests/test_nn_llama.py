@@ -54,7 +54,8 @@ def batch(rng: np.random.Generator, cfg: DecoderConfig, n: int = 4, t: int = 11)
 
 def test_config_records_the_architecture(tiny):
     _, cfg, weights = tiny
-    assert (cfg.arch, cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.group) == ("llama", 32, 4, 2, 8, 2)
+    shape = (cfg.arch, cfg.hidden, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.group)
+    assert shape == ("llama", 32, 4, 2, 8, 2)
     assert ("head.weight" in weights) == (not cfg.tie_word_embeddings)
     assert weights["layer.0.attn.k.weight"].shape == (32, 16)  # [in, out], 2 kv heads of 8
 
@@ -220,7 +221,9 @@ def test_smollm2_gguf_plain_matches_hugging_face(tmp_path):
     logits = NextTokenHead.from_embeddings(words, weights["emb.word"]).logits(
         B, cfg, residual, np.array([ids.shape[1] - 1])
     )
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float64, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float64, attn_implementation="eager"
+    )
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids), output_hidden_states=True)
     assert np.abs(final_norm(B, cfg, residual) - out.hidden_states[-1].numpy()).max() <= TOL

@@ -32,7 +32,7 @@ from mpc_core.runtime import run_parties
 
 TOL = 1e-2
 WORDS = [5, 9, 30, 41]
-ULP = 2.0**-FixedPoint().frac_bits
+ULP = 2.0 ** -FixedPoint().frac_bits
 
 
 def enc(x: np.ndarray) -> np.ndarray:
@@ -121,9 +121,7 @@ class Tiny:
         return results[0]
 
 
-@pytest.fixture(
-    scope="module", params=[(s, t) for s in ("2pc", "3pc") for t in (True, False)], ids=str
-)
+@pytest.fixture(scope="module", params=[(s, t) for s in ("2pc", "3pc") for t in (True, False)], ids=str)
 def tiny(request, tmp_path_factory) -> Tiny:
     suite, tie = request.param
     return Tiny(tmp_path_factory.mktemp(f"llama-{suite}-{tie}"), suite, tie)
