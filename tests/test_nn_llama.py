@@ -22,6 +22,7 @@ from mpc_core.nn.decoder import (
     positions_from_mask,
 )
 from mpc_core.nn.decoder_backend import PlainDecoderBackend
+from mpc_core.nn.decoder_cache import extend, full_sequences, prefill, suffix_tokens
 from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_config import DecoderConfig
 from mpc_core.nn.llama_weights import load_llama_checkpoint
@@ -228,3 +229,41 @@ def test_smollm2_gguf_plain_matches_hugging_face(tmp_path):
         out = model(input_ids=torch.tensor(ids), output_hidden_states=True)
     assert np.abs(final_norm(B, cfg, residual) - out.hidden_states[-1].numpy()).max() <= TOL
     assert np.abs(logits - out.logits.numpy()[:, -1, words]).max() <= TOL
+
+
+@pytest.mark.parametrize("left_padding", [False, True])
+def test_suffix_cache_equals_recomputing_every_sequence(tiny, left_padding):
+    """Keys and values of the examples computed once, then P candidates' prompt + template tokens attend
+    to them: the same residual stream as each full sequence run alone (plaintext, to rounding)."""
+    _, cfg, weights = tiny
+    rng = np.random.default_rng(5)
+    ids = rng.integers(3, cfg.vocab, size=(3, 7))
+    mask = np.ones((3, 7), dtype=np.int64)
+    mask[1, 5:] = 0
+    if left_padding:
+        mask[2, :3] = 0
+    B = PlainDecoderBackend(weights)
+    examples = embed_tokens(weights["emb.word"], ids)
+    new = suffix_tokens(
+        B, rng.normal(scale=0.3, size=(2, 3, cfg.hidden)), embed_tokens(weights["emb.word"], [7, 8])
+    )
+    out = extend(B, cfg, prefill(B, cfg, examples, mask), new)
+    ref = np.stack(
+        [
+            decode(B, cfg, s[None], np.ones((1, len(s)), dtype=np.int64))[0, -new.shape[1] :]
+            for s in full_sequences(examples, mask, new)
+        ]
+    )
+    assert out.shape == ref.shape == (6, 5, cfg.hidden)
+    assert np.abs(out - ref).max() <= 1e-10
+
+
+def test_suffix_cache_refuses_too_long_and_bad_templates(tiny):
+    _, cfg, weights = tiny
+    B = PlainDecoderBackend(weights)
+    mask = np.ones((1, cfg.max_positions - 2), dtype=np.int64)
+    cache = prefill(B, cfg, np.zeros((1, mask.shape[1], cfg.hidden)), mask)
+    with pytest.raises(ValueError, match="sequence too long"):
+        extend(B, cfg, cache, np.zeros((1, 3, cfg.hidden)))
+    with pytest.raises(ValueError, match="template embeddings"):
+        suffix_tokens(B, np.zeros((1, 2, cfg.hidden)), np.zeros((2, cfg.hidden + 1)))

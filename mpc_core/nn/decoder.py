@@ -70,18 +70,17 @@ def _split_heads(x: Value, heads: int) -> Value:
     return x.reshape(n, t, heads, width // heads).transpose(0, 2, 1, 3)
 
 
-def _merge_heads(x: Value) -> Value:
+def merge_heads(x: Value) -> Value:
     n, heads, t, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(n, t, heads * d)
 
 
-def attention(
-    B, cfg: DecoderConfig, layer: int, x: Value, keep: np.ndarray, cos: np.ndarray, sin: np.ndarray
-) -> Value:
-    """Grouped-query causal attention of block ``layer`` on normed input x [N, T, H], incl. W_o."""
+def project_qkv(B, cfg: DecoderConfig, layer: int, x: Value, cos: np.ndarray, sin: np.ndarray):
+    """Heads of block ``layer`` for normed x [N, T, H]: q [N, h, T, d] (rotated, times 1/sqrt(d)),
+    k [N, kv, T, d] (rotated) and v [N, kv, T, d]; one fused product, one rotation (one truncation)."""
     prefix = f"layer.{layer}.attn"
     n, t, _ = x.shape
-    h, kv, g, d = cfg.heads, cfg.kv_heads, cfg.group, cfg.head_dim
+    h, kv, d = cfg.heads, cfg.kv_heads, cfg.head_dim
     q, k, v = B.project_many(x, [f"{prefix}.q", f"{prefix}.k", f"{prefix}.v"])
     q, k, v = _split_heads(q, h), _split_heads(k, kv), _split_heads(v, kv)
     scale = 1.0 / math.sqrt(d)
@@ -90,11 +89,33 @@ def attention(
         for c in (cos, sin)
     )
     qk = B.rotate(B.concatenate([q, k], axis=1), cos_qk, sin_qk)
-    q, k = qk[:, :h], qk[:, h:]
+    return qk[:, :h], qk[:, h:], v
+
+
+def attention(
+    B,
+    cfg: DecoderConfig,
+    layer: int,
+    x: Value,
+    keep: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    record: list | None = None,
+) -> Value:
+    """Grouped-query causal attention of block ``layer`` on normed input x [N, T, H], incl. W_o.
+
+    ``record`` (a list), when given, receives this layer's (k, v): the keys and values a later call of
+    :func:`mpc_core.nn.decoder_cache.extend` attends to.
+    """
+    n, t, _ = x.shape
+    h, kv, g, d = cfg.heads, cfg.kv_heads, cfg.group, cfg.head_dim
+    q, k, v = project_qkv(B, cfg, layer, x, cos, sin)
+    if record is not None:
+        record.append((k, v))
     scores = q.reshape(n, kv, g * t, d) @ k.swapaxes(-1, -2)  # [N, kv, g T, T]
     probs = B.softmax(scores.reshape(n, h, t, t), keep)
     ctx = probs.reshape(n, kv, g * t, t) @ v  # [N, kv, g T, d]
-    return B.project(_merge_heads(ctx.reshape(n, h, t, d)), f"{prefix}.out")
+    return B.project(merge_heads(ctx.reshape(n, h, t, d)), f"layer.{layer}.attn.out")
 
 
 def mlp(B, layer: int, x: Value) -> Value:
@@ -105,10 +126,18 @@ def mlp(B, layer: int, x: Value) -> Value:
 
 
 def decoder_layer(
-    B, cfg: DecoderConfig, layer: int, x: Value, keep: np.ndarray, cos: np.ndarray, sin: np.ndarray
+    B,
+    cfg: DecoderConfig,
+    layer: int,
+    x: Value,
+    keep: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    record: list | None = None,
 ) -> Value:
     eps = cfg.rms_norm_eps
-    a = x + attention(B, cfg, layer, B.rms_norm(x, f"layer.{layer}.attn_norm", eps), keep, cos, sin)
+    normed = B.rms_norm(x, f"layer.{layer}.attn_norm", eps)
+    a = x + attention(B, cfg, layer, normed, keep, cos, sin, record)
     return a + mlp(B, layer, B.rms_norm(a, f"layer.{layer}.mlp_norm", eps))
 
 
@@ -119,11 +148,12 @@ def decode(
     mask: np.ndarray,
     positions: np.ndarray | None = None,
     layers: int | None = None,
+    record: list | None = None,
 ) -> Value:
     """The first ``layers`` blocks (all by default) on token embeddings x [N, T, H] with public ``mask``.
 
     ``positions`` (public, [N, T]) default to :func:`positions_from_mask`.  Returns the residual stream
-    [N, T, H] before the final RMSNorm.
+    [N, T, H] before the final RMSNorm; ``record`` receives every layer's (k, v) (see :func:`attention`).
     """
     mask = np.asarray(mask)
     if mask.shape != tuple(x.shape[:2]):
@@ -138,7 +168,7 @@ def decode(
     keep = causal_keep(mask)
     cos, sin = rotary_tables(cfg, positions)
     for layer in range(cfg.layers if layers is None else layers):
-        x = decoder_layer(B, cfg, layer, x, keep, cos, sin)
+        x = decoder_layer(B, cfg, layer, x, keep, cos, sin, record)
     return x
 
 
