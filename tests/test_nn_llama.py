@@ -22,10 +22,17 @@ from mpc_core.nn.decoder import (
     positions_from_mask,
 )
 from mpc_core.nn.decoder_backend import PlainDecoderBackend
-from mpc_core.nn.decoder_cache import extend, full_sequences, prefill, suffix_tokens
+from mpc_core.nn.decoder_cache import (
+    candidate_losses,
+    extend,
+    full_sequences,
+    prefill,
+    suffix_tokens,
+)
 from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_config import DecoderConfig
 from mpc_core.nn.llama_weights import load_llama_checkpoint
+from mpc_core.nn.loss import cross_entropy
 from mpc_core.nn.manifest import ShareManifest
 from mpc_core.nn.weights import CheckpointError
 
@@ -267,3 +274,30 @@ def test_suffix_cache_refuses_too_long_and_bad_templates(tiny):
         extend(B, cfg, cache, np.zeros((1, 3, cfg.hidden)))
     with pytest.raises(ValueError, match="template embeddings"):
         suffix_tokens(B, np.zeros((1, 2, cfg.hidden)), np.zeros((2, cfg.hidden + 1)))
+
+
+def test_suffix_candidate_losses_equal_the_full_computation(tiny):
+    """The cached per-candidate cross-entropy equals the loss of the full sequences' answer logits."""
+    _, cfg, weights = tiny
+    rng = np.random.default_rng(6)
+    ids = rng.integers(3, cfg.vocab, size=(3, 6))
+    mask = np.ones((3, 6), dtype=np.int64)
+    mask[0, 4:] = 0
+    B = PlainDecoderBackend(weights)
+    head = (
+        NextTokenHead.from_embeddings(WORDS, weights["emb.word"])
+        if cfg.tie_word_embeddings
+        else NextTokenHead(WORDS)
+    )
+    examples = embed_tokens(weights["emb.word"], ids)
+    prompts = rng.normal(scale=0.3, size=(2, 2, cfg.hidden))
+    template = embed_tokens(weights["emb.word"], [7, 8])
+    onehot = np.eye(len(WORDS))[[0, 2, 1]]
+    got = candidate_losses(B, cfg, head, prefill(B, cfg, examples, mask), prompts, template, onehot)
+    full = []
+    for s in full_sequences(examples, mask, suffix_tokens(B, prompts, template)):
+        residual = decode(B, cfg, s[None], np.ones((1, len(s)), dtype=np.int64))
+        full.append(head.logits(B, cfg, residual, np.array([len(s) - 1]))[0])
+    expected = cross_entropy(B, np.stack(full).reshape(2, 3, len(WORDS)), onehot)
+    assert got.shape == (2,)
+    assert np.abs(got - expected).max() <= 1e-10

@@ -24,7 +24,7 @@ from mpc_core.functions.silu import (
 )
 from mpc_core.nn.decoder import decode, embed_tokens, final_norm
 from mpc_core.nn.decoder_backend import PlainDecoderBackend, SecureDecoderBackend
-from mpc_core.nn.decoder_cache import extend, prefill, suffix_tokens
+from mpc_core.nn.decoder_cache import candidate_losses, extend, prefill, suffix_tokens
 from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_weights import load_llama_checkpoint
 from mpc_core.nn.weights import load_party_shares
@@ -169,4 +169,25 @@ def test_secure_suffix_cache_matches_plaintext(tiny: Tiny):
     np.testing.assert_array_equal(results[0], results[1])
     assert results[0].shape == ref.shape == (rows, len(WORDS))
     assert np.abs(ref).max() > 0.3
+    assert np.abs(results[0] - ref).max() <= TOL
+
+
+@pytest.mark.parametrize("loss", ["ce", "hinge"])
+def test_secure_suffix_losses_match_plaintext(tiny: Tiny, loss: str):
+    """One loss per candidate from the cached examples, labels shared too: only the losses are opened."""
+    prompts = np.random.default_rng(7).normal(scale=0.3, size=(2, 3, tiny.cfg.hidden))
+    template = embed_tokens(tiny.weights["emb.word"], np.array([7, 8]))
+    onehot = np.eye(len(WORDS))[[0, 3, 1]]
+
+    def losses(B, x, p, y):
+        cache = prefill(B, tiny.cfg, x, tiny.mask)
+        return candidate_losses(B, tiny.cfg, tiny.head, cache, p, template, y, loss=loss)
+
+    ref = losses(PlainDecoderBackend(tiny.weights), tiny.x, prompts, onehot)
+
+    def program(ctx, x, p, y):
+        return losses(SecureDecoderBackend(ctx, load_party_shares(ctx, tiny.shared)), x, p, y).reveal()
+
+    results = run_parties(tiny.suite, program, tiny.x, prompts, onehot)
+    assert results[0].shape == ref.shape == (2,)
     assert np.abs(results[0] - ref).max() <= TOL

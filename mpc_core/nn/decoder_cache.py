@@ -25,7 +25,9 @@ import numpy as np
 
 from mpc_core.nn.backend import Value
 from mpc_core.nn.decoder import decode, merge_heads, mlp, project_qkv, rotary_tables
+from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_config import DecoderConfig
+from mpc_core.nn.loss import loss_fn
 
 
 @dataclass
@@ -87,6 +89,34 @@ def extend(B, cfg: DecoderConfig, cache: DecoderCache, new: Value) -> Value:
     return x
 
 
+def candidate_logits(
+    B, cfg: DecoderConfig, head: NextTokenHead, cache: DecoderCache, prompts: Value, template: np.ndarray
+) -> Value:
+    """Verbalizer logits [P, n, C] of every (candidate, example) pair: the next-token logits after the
+    candidate's prompt and the template's last token (the answer position), from the cached examples."""
+    out = extend(B, cfg, cache, suffix_tokens(B, prompts, template))
+    rows, length = out.shape[0], out.shape[1]
+    logits = head.logits(B, cfg, out, np.full(rows, length - 1))
+    return logits.reshape(prompts.shape[0], cache.mask.shape[0], head.classes)
+
+
+def candidate_losses(
+    B,
+    cfg: DecoderConfig,
+    head: NextTokenHead,
+    cache: DecoderCache,
+    prompts: Value,
+    template: np.ndarray,
+    onehot: Value,
+    loss: str = "ce",
+    **loss_options: float,
+) -> Value:
+    """One loss per candidate [P] (cross-entropy ``"ce"`` or ``"hinge"`` over the verbalizer logits,
+    averaged over the examples), computed on shares end to end: only the data owner opens it."""
+    fn = loss_fn(loss)
+    return fn(B, candidate_logits(B, cfg, head, cache, prompts, template), onehot, **loss_options)
+
+
 def _cached_attention(
     B, cfg: DecoderConfig, layer: int, x: Value, cache: DecoderCache, keep, cos, sin, p: int
 ):
@@ -121,4 +151,12 @@ def full_sequences(examples: np.ndarray, mask: np.ndarray, new: np.ndarray) -> l
     ]
 
 
-__all__ = ["DecoderCache", "extend", "full_sequences", "prefill", "suffix_tokens"]
+__all__ = [
+    "DecoderCache",
+    "candidate_logits",
+    "candidate_losses",
+    "extend",
+    "full_sequences",
+    "prefill",
+    "suffix_tokens",
+]
