@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_core.nn.config import EncoderConfig
 from mpc_core.nn.llama_config import DecoderConfig
+from mpc_core.suites import SuiteName
 
 #: The architecture's config, told apart by its ``arch`` field (bert/roberta encoders, llama decoders).
 ModelConfig = Annotated[EncoderConfig | DecoderConfig, Field(discriminator="arch")]
@@ -55,7 +56,7 @@ class ShareManifest(BaseModel):
     format: Literal["secp-shares/1"] = FORMAT
     arch: Literal["bert", "roberta", "llama"]
     config: ModelConfig
-    suite: Literal["2pc", "3pc"]
+    suite: SuiteName
     fixed_point: FixedPointSpec
     #: Canonical name -> shape of every secret-shared tensor (shares add a leading slot axis).
     tensors: dict[str, list[int]]
