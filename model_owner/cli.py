@@ -11,8 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from model_owner.checkpoints import SUPPORTED_ARCHS, describe
 from model_owner.share import share_model
-from mpc_core.nn.config import SUPPORTED_ARCHS, UnsupportedModelError
+from mpc_core.nn.config import UnsupportedModelError
 from mpc_core.nn.weights import CheckpointError
 from mpc_core.suites import SUITES
 
@@ -22,10 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="secp-share-model",
         description=(
             "Secret-share a local Hugging Face checkpoint "
-            f"({', '.join(SUPPORTED_ARCHS)}, with or without an MLM head) for the secure servers."
+            f"({', '.join(SUPPORTED_ARCHS)}; encoders with or without an MLM head) or a LLaMA-family "
+            "GGUF file for the secure servers."
         ),
     )
-    parser.add_argument("--model", required=True, help="local checkpoint folder (config.json + weights)")
+    parser.add_argument(
+        "--model", required=True, help="local checkpoint folder (config.json + weights) or a .gguf file"
+    )
     parser.add_argument(
         "--suite", required=True, choices=sorted(SUITES), help="protocol suite of the servers"
     )
@@ -44,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     total = sum(pf.bytes for pf in manifest.party_files)
     print(
-        f"shared {manifest.arch} ({manifest.config.layers} layers, hidden {manifest.config.hidden}, "
-        f"MLM head: {'yes' if manifest.config.has_mlm_head else 'no'}) for {manifest.suite}: "
+        f"shared {describe(manifest.config)} for {manifest.suite}: "
         f"{len(manifest.tensors)} tensors, {len(manifest.party_files)} party files, "
         f"{total / 2**20:.1f} MiB of shares in {args.out}"
     )

@@ -37,12 +37,11 @@ from contract.manifest import (
     party_file_tensors,
     sha256_file,
 )
-from mpc_core.nn.config import EncoderConfig
+from model_owner.checkpoints import ModelConfig, is_gguf, model_shapes, read_checkpoint
+from mpc_core.nn.llama_weights import gguf_to_folder
 from mpc_core.nn.weights import (
     CheckpointError,
-    canonical_shapes,
     is_public,
-    load_checkpoint,
     split_public,
 )
 from mpc_core.prg import PRG, fresh_seed
@@ -124,12 +123,27 @@ def share_model(
     frac_bits: int = 16,
     force: bool = False,
 ) -> ShareManifest:
-    """Share the checkpoint in ``model_dir`` for ``suite`` into ``out_dir``; returns the manifest written."""
+    """Share the checkpoint ``model_dir`` for ``suite`` into ``out_dir``; returns the manifest written.
+
+    ``model_dir`` is a Hugging Face folder (BERT, RoBERTa or LLaMA family) or a LLaMA-family ``.gguf``
+    file, which is dequantised to float32 into a temporary folder first (removed afterwards).
+    """
     if suite not in PARTIES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(PARTIES)}")
+    if is_gguf(model_dir):
+        _prepare_target(Path(out_dir), force)  # refuse a bad target before the slow conversion
+        with tempfile.TemporaryDirectory(prefix=".secp-gguf-") as tmp:
+            folder = gguf_to_folder(model_dir, Path(tmp) / "model")
+            return _share_folder(folder, suite, out_dir, frac_bits, force, source=Path(model_dir).name)
+    return _share_folder(model_dir, suite, out_dir, frac_bits, force)
+
+
+def _share_folder(
+    model_dir: str | Path, suite: str, out_dir: str | Path, frac_bits: int, force: bool, source: str = ""
+) -> ShareManifest:
     model_dir, out = Path(model_dir), Path(out_dir)
     fp = FixedPoint(frac_bits)
-    cfg, tensors = load_checkpoint(model_dir)
+    cfg, tensors = read_checkpoint(model_dir)
     public, secret = split_public(tensors)
     del tensors
     for name, value in secret.items():  # refuse unencodable weights before anything is written
@@ -169,7 +183,7 @@ def share_model(
             tensors=shapes,
             party_files=party_files,
             public=PublicFiles(files=copied),
-            source=model_dir.resolve().name,
+            source=source or model_dir.resolve().name,
         )
         manifest.write(tmp)
         if out.is_dir():
@@ -184,8 +198,8 @@ def share_model(
     return manifest
 
 
-def _secret_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    return {k: v for k, v in canonical_shapes(cfg).items() if not is_public(k)}
+def _secret_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return {k: v for k, v in model_shapes(cfg).items() if not is_public(k)}
 
 
 def reconstruct(folder: str | Path, parties: list[int] | None = None) -> dict[str, np.ndarray]:
