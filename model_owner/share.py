@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mpc_core.nn.config import EncoderConfig
+from mpc_core.nn.adapted import read_record
 from mpc_core.nn.manifest import (
     FixedPointSpec,
     PartyFile,
@@ -39,8 +39,6 @@ from mpc_core.nn.manifest import (
 )
 from mpc_core.nn.weights import (
     CheckpointError,
-    canonical_shapes,
-    is_public,
     load_checkpoint,
     party_file_tensors,
     split_public,
@@ -160,7 +158,7 @@ def share_model(
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, pub / name)
                 copied.append(name)
-        shapes = {name: list(shape) for name, shape in _secret_shapes(cfg).items()}
+        shapes = {name: list(value.shape) for name, value in secret.items()}
         manifest = ShareManifest(
             arch=cfg.arch,
             config=cfg,
@@ -170,6 +168,7 @@ def share_model(
             party_files=party_files,
             public=PublicFiles(files=copied),
             source=model_dir.resolve().name,
+            attention=read_record(model_dir),
         )
         manifest.write(tmp)
         if out.is_dir():
@@ -182,10 +181,6 @@ def share_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _secret_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    return {k: v for k, v in canonical_shapes(cfg).items() if not is_public(k)}
 
 
 def reconstruct(folder: str | Path, parties: list[int] | None = None) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mpc_core.nn.adapted import AdaptationRecord
 from mpc_core.nn.config import EncoderConfig
 
 MANIFEST_NAME = "manifest.json"
@@ -58,6 +59,9 @@ class ShareManifest(BaseModel):
     party_files: list[PartyFile]
     public: PublicFiles
     source: str = ""
+    #: The attention mode the model owner adapted the checkpoint to, and its measured fidelity (None: a
+    #: plain softmax checkpoint; random-feature modes are then of unknown fidelity).
+    attention: AdaptationRecord | None = None
 
     def party_file(self, party: int) -> PartyFile:
         for pf in self.party_files:
