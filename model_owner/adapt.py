@@ -108,31 +108,50 @@ class TorchEncoder:
         w = gaussian_features(attn, layer, d) if attn.mode == "rfa" else favor_features(attn, layer, d)
         return torch.tensor(w, dtype=self.dtype)
 
-    def forward(self, x, mask, attn: AttentionConfig, scales: dict | None = None, params: dict | None = None):
+    def qkv(self, x, layer: int, params: dict | None = None):
+        """Queries, keys and values [N, h, T, d] of block ``layer`` for its input x [N, T, H]."""
+        p = {**self.t, **(params or {})}
+        pre = f"layer.{layer}.attn"
+        out = []
+        for part in ("q", "k", "v"):
+            y = x @ p[f"{pre}.{part}.weight"] + p[f"{pre}.{part}.bias"]
+            out.append(y.reshape(x.shape[0], x.shape[1], self.cfg.heads, -1).transpose(1, 2))
+        return out
+
+    def attention(self, x, mask, layer: int, attn: AttentionConfig, scale=None, params: dict | None = None):
+        """Block ``layer``'s attention context [N, T, H] (before the output projection)."""
+
+        q, k, v = self.qkv(x, layer, params)
+        if scale is None and attn.mode != "softmax":
+            scale = {**self.t, **(params or {})}.get(f"layer.{layer}.attn.scale")
+        return self.core(q, k, v, mask, layer, attn, scale)
+
+    def core(self, q, k, v, mask, layer: int, attn: AttentionConfig, scale=None):
+        """The attention core on q, k, v [N, h, T, d]: the context [N, T, H]."""
+        import torch
+
+        keep = mask[:, None, :, None].to(self.dtype)
+        if attn.mode == "softmax":
+            s = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.head_dim)
+            s = s.masked_fill(keep.transpose(-1, -2) == 0, -torch.inf)
+            ctx = torch.softmax(s, -1) @ v
+        else:
+            ctx = self._random_feature(attn, layer, q, k, v, keep, scale)
+        return ctx.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+    def forward(self, x, mask, attn: AttentionConfig, scales: list | None = None, params: dict | None = None):
         """Every block's output [layers][N, T, H] for embeddings x [N, T, H] and a 0/1 mask [N, T]."""
         import torch
 
         p = {**self.t, **(params or {})}
         cfg, outs = self.cfg, []
-        keep = mask[:, None, :, None].to(self.dtype)
         for i in range(cfg.layers):
             pre = f"layer.{i}"
 
             def lin(z, n, pre=pre):
                 return z @ p[f"{pre}.{n}.weight"] + p[f"{pre}.{n}.bias"]
 
-            def heads(z):
-                return z.reshape(z.shape[0], z.shape[1], cfg.heads, -1).transpose(1, 2)
-
-            q, k, v = heads(lin(x, "attn.q")), heads(lin(x, "attn.k")), heads(lin(x, "attn.v"))
-            if attn.mode == "softmax":
-                s = q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim)
-                s = s.masked_fill(keep.transpose(-1, -2) == 0, -torch.inf)
-                ctx = torch.softmax(s, -1) @ v
-            else:
-                scale = scales[i] if scales is not None else p.get(f"{pre}.attn.scale")
-                ctx = self._random_feature(attn, i, q, k, v, keep, scale)
-            ctx = ctx.transpose(1, 2).reshape(x.shape)
+            ctx = self.attention(x, mask, i, attn, None if scales is None else scales[i], params)
             a = self._ln(lin(ctx, "attn.out") + x, p, f"{pre}.attn.ln")
             h = lin(a, "ffn.in")
             h = 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))
@@ -188,6 +207,48 @@ def pooled(hidden, mask):
 
 
 # ---------------------------------------------------------------------------------------------- fidelity
+def _domain_check_class():
+    from mpc_core import functions as fn
+    from mpc_core.nn.backend import PlainBackend
+
+    class _DomainCheck(PlainBackend):
+        """The reference backend, counting inputs outside the domains the secure functions serve."""
+
+        def __init__(self, weights):
+            super().__init__(weights)
+            self.violations: dict[str, int] = {}
+
+        def _check(self, name: str, x, lo: float, hi: float) -> None:
+            x = np.asarray(x)
+            bad = int(np.sum((x < lo) | (x > hi)))
+            if bad:
+                self.violations[name] = self.violations.get(name, 0) + bad
+
+        def _layer_norm(self, x, weight, bias, eps):
+            lo, hi = fn.LAYERNORM_VAR_DOMAIN
+            self._check("layer_norm variance", np.var(x, axis=-1) + eps, lo, hi)
+            return super()._layer_norm(x, weight, bias, eps)
+
+        def gelu(self, x):
+            self._check("gelu", x, -fn.GELU_DOMAIN, fn.GELU_DOMAIN)
+            return super().gelu(x)
+
+        def exp(self, x, lower=None):
+            self._check("exp", x if lower is None else np.maximum(x, lower), -fn.EXP_DOMAIN_LO, 4.0)
+            return super().exp(x, lower)
+
+        def reciprocal(self, x, lo, hi, precise=False):
+            self._check("reciprocal", x, lo, hi)
+            return super().reciprocal(x, lo, hi, precise)
+
+        def rsqrt(self, x, lo=None, hi=None):
+            d_lo, d_hi = fn.RSQRT_DOMAIN
+            self._check("rsqrt", x, d_lo if lo is None else lo, d_hi if hi is None else hi)
+            return super().rsqrt(x, lo, hi)
+
+    return _DomainCheck
+
+
 def measure_fidelity(
     cfg: EncoderConfig,
     tensors: dict[str, np.ndarray],
@@ -197,13 +258,13 @@ def measure_fidelity(
     batch: int = 32,
 ) -> AttentionFidelity:
     """Agreement of ``attn`` with exact softmax, in float64 through the reference PlainBackend."""
-    from mpc_core.nn.attention import self_attention  # noqa: F401 - the code path measured
     from mpc_core.nn.backend import PlainBackend
     from mpc_core.nn.encoder import encode
 
     floored = [0, 0]
+    DomainCheck = _domain_check_class()
 
-    class Counting(PlainBackend):
+    class Counting(DomainCheck):
         def floor_at(self, x, floor):
             floored[0] += int(np.sum(np.asarray(x) < floor))
             floored[1] += int(np.size(x))
@@ -222,7 +283,10 @@ def measure_fidelity(
         cos.extend(np.sum(pr * pg, -1) / np.linalg.norm(pr, axis=-1) / np.linalg.norm(pg, axis=-1))
         rel.append(np.linalg.norm((got - ref) * keep) / np.linalg.norm(ref * keep))
     hit, total = floored
+    violations = dict(B.violations)
     return AttentionFidelity(
+        domain_violations=sum(violations.values()),
+        violated=sorted(violations),
         pooled_cosine_mean=float(np.mean(cos)),
         pooled_cosine_min=float(np.min(cos)),
         hidden_relative_error=float(np.mean(rel)),
@@ -232,31 +296,21 @@ def measure_fidelity(
 
 
 # ---------------------------------------------------------------------------------------------- training
-def initial_scales(enc: TorchEncoder, x, mask, target: float = 1.0) -> list:
-    """Per-head s with s^2 = mean |q||k_c| / sqrt(d) of the softmax model (its typical logit magnitude),
-    capped so that e^(-2 s^2) stays resolvable; a starting point for the distillation."""
+def initial_scales(enc: TorchEncoder, inputs: list, mask) -> list:
+    """Per-head s with s^2 = mean |q| |k_c| / sqrt(d) of the softmax model (its typical logit scale),
+    clamped to [0.5, 4]: the distillation's starting point."""
     import torch
 
     scales = []
     with torch.no_grad():
-        outs = [x, *enc.forward(x, mask, AttentionConfig())[:-1]]
         keep = mask[:, None, :, None].to(enc.dtype)
-        for i, h in enumerate(outs):
-            p = enc.t
-            q = (
-                (h @ p[f"layer.{i}.attn.q.weight"] + p[f"layer.{i}.attn.q.bias"])
-                .reshape(h.shape[0], h.shape[1], enc.cfg.heads, -1)
-                .transpose(1, 2)
-            )
-            k = (
-                (h @ p[f"layer.{i}.attn.k.weight"] + p[f"layer.{i}.attn.k.bias"])
-                .reshape(h.shape[0], h.shape[1], enc.cfg.heads, -1)
-                .transpose(1, 2)
-            )
+        count = keep.sum((0, 2, 3))
+        for i, h in enumerate(inputs):
+            q, k, _ = enc.qkv(h, i)
             k = k - (k * keep).sum(-2, keepdim=True) / keep.sum(-2, keepdim=True)
-            nq = (q.norm(dim=-1, keepdim=True) * keep).sum((0, 2, 3)) / keep.sum((0, 2, 3))
-            nk = (k.norm(dim=-1, keepdim=True) * keep).sum((0, 2, 3)) / keep.sum((0, 2, 3))
-            s2 = (nq * nk / math.sqrt(enc.cfg.head_dim) * target).clamp(0.25, 16.0)
+            nq = (q.norm(dim=-1, keepdim=True) * keep).sum((0, 2, 3)) / count
+            nk = (k.norm(dim=-1, keepdim=True) * keep).sum((0, 2, 3)) / count
+            s2 = (nq * nk / math.sqrt(enc.cfg.head_dim)).clamp(0.25, 16.0)
             scales.append(s2.sqrt())
     return scales
 
@@ -273,7 +327,8 @@ def adapt_checkpoint(
     held_out: int = 48,
     tune: str = "scales",
     threads: int = 2,
-    lr: float = 0.03,
+    lr: float = 0.05,
+    pool_size: int = 128,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> AdaptationRecord:
@@ -310,9 +365,12 @@ def adapt_checkpoint(
 
     enc32 = TorchEncoder(cfg, tensors, torch.float32)
     rng = np.random.default_rng([seed, 0xAD])
-    probe = rng.choice(len(train_texts), size=min(64, len(train_texts)), replace=False)
-    px, pm = embed([train_texts[i] for i in probe])
-    init = initial_scales(enc32, torch.tensor(px, dtype=torch.float32), torch.tensor(pm))
+    pool = rng.choice(len(train_texts), size=min(pool_size, len(train_texts)), replace=False)
+    px, pm = embed([train_texts[i] for i in pool])
+    px, pm = torch.tensor(px, dtype=torch.float32), torch.tensor(pm)
+    with torch.no_grad():  # the teacher's input to every block, computed once
+        inputs = [px, *enc32.forward(px, pm, AttentionConfig())[:-1]]
+    init = initial_scales(enc32, inputs, pm)
     log_s = [torch.nn.Parameter(s.log()) for s in init]
     params: dict[str, torch.nn.Parameter] = {}
     if tune == "attention":
@@ -325,26 +383,33 @@ def adapt_checkpoint(
     if params:
         groups.append({"params": list(params.values()), "lr": lr * 0.01})
     opt = torch.optim.Adam(groups)
-    for step in range(steps):
-        idx = rng.choice(len(train_texts), size=min(batch, len(train_texts)), replace=False)
-        bx, bm = embed([train_texts[i] for i in idx])
-        x, mk = torch.tensor(bx, dtype=torch.float32), torch.tensor(bm)
+    cached = None
+    if not params:  # scales only: queries, keys, values and the teacher's contexts are fixed, compute once
         with torch.no_grad():
-            teacher = enc32.forward(x, mk, AttentionConfig())
-        student = enc32.forward(x, mk, attn, scales=[s.exp() for s in log_s], params=params)
+            cached = [
+                (enc32.qkv(h, i), enc32.attention(h, pm, i, AttentionConfig())) for i, h in enumerate(inputs)
+            ]
+    for step in range(steps):
+        idx = torch.as_tensor(rng.choice(len(pool), size=min(batch, len(pool)), replace=False))
+        mk = pm[idx]
         keep = mk[..., None].to(torch.float32)
-        loss = (
-            sum(
-                (((s_l - t_l) * keep) ** 2).sum() / ((t_l * keep) ** 2).sum()
-                for s_l, t_l in zip(student, teacher, strict=True)
-            )
-            / cfg.layers
-        )
-        loss = loss + (1 - (pooled(student[-1], mk) * pooled(teacher[-1], mk)).sum(-1)).mean()
+        loss = torch.zeros(())
+        for i in range(cfg.layers):
+            if cached is not None:
+                (q, k, v), teacher = cached[i]
+                student = enc32.core(q[idx], k[idx], v[idx], mk, i, attn, scale=log_s[i].exp())
+                teacher = teacher[idx]
+            else:
+                x = inputs[i][idx]
+                with torch.no_grad():
+                    teacher = enc32.attention(x, mk, i, AttentionConfig())
+                student = enc32.attention(x, mk, i, attn, scale=log_s[i].exp(), params=params)
+            loss = loss + (((student - teacher) * keep) ** 2).sum() / ((teacher * keep) ** 2).sum()
+        loss = loss / cfg.layers
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 25 == 0 or step + 1 == steps:
+        if step % 50 == 0 or step + 1 == steps:
             log(f"step {step}: loss {loss.item():.4f}")
 
     adapted = dict(tensors)

@@ -36,9 +36,13 @@ class AttentionFidelity(BaseModel):
     hidden_relative_error: float = Field(ge=0, description="|H_mode - H_softmax| / |H_softmax|, last layer")
     floored_denominators: float = Field(ge=0, le=1, description="fraction of rows at the denominator guard")
     sequences: int = Field(gt=0)
+    domain_violations: int = Field(
+        default=0, ge=0, description="inputs outside a secure function's domain (plaintext, all functions)"
+    )
+    violated: list[str] = Field(default_factory=list, description="which functions' domains were left")
 
     def holds(self) -> bool:
-        return self.pooled_cosine_mean >= FIDELITY_MIN_COSINE
+        return self.pooled_cosine_mean >= FIDELITY_MIN_COSINE and self.domain_violations == 0
 
 
 class AdaptationRecord(BaseModel):
@@ -86,6 +90,11 @@ def fidelity_problem(record: AdaptationRecord | None, mode: str) -> str | None:
         return (
             f"attention {mode!r}: this checkpoint was adapted to {record.attention.mode!r}, "
             f"its fidelity with {mode!r} is unknown"
+        )
+    if record.fidelity.domain_violations:
+        return (
+            f"attention {mode!r}: on the model owner's corpus {record.fidelity.domain_violations} inputs "
+            f"left the domains of {', '.join(record.fidelity.violated)}, where the secure functions are wrong"
         )
     if not record.fidelity.holds():
         return (
