@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from mpc_core.context import DEALER, Context
+from mpc_core.context import Context
 from mpc_core.runtime import run_parties
+from mpc_core.suites import suite_class
 from mpc_core.tensor import SharedTensor
 
 Prepare = Callable[..., tuple[Any, ...]]
@@ -60,12 +61,13 @@ def measure(
         }
 
     results = run_parties(suite, program, *inputs)
-    parties = [0, 1] if suite == "2pc" else [0, 1, 2]
+    facts = suite_class(suite)
+    parties = facts.compute_parties
     return Measurement(
         seconds=max(results[p]["wall"] for p in parties),
         party_cpu_seconds=[round(r["cpu"], 4) for r in results],
         bytes=sum(results[p]["bytes"] for p in parties),
-        dealer_bytes=results[DEALER]["bytes"] if suite == "2pc" else 0,
+        dealer_bytes=results[facts.dealer]["bytes"] if facts.dealer is not None else 0,
         rounds=max(results[p]["rounds"] for p in parties),
         output=results[0]["value"],
     )

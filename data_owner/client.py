@@ -65,7 +65,12 @@ class ClusterError(RuntimeError):
         self.failures = dict(failures)
         self.unreachable = sorted(unreachable)
         self.code = self._pick_code(self.failures, self.unreachable)
-        lines = [f"{describe(p)} is unreachable ({self.failures[p][1]})" for p in self.unreachable]
+        lines = [
+            f"{describe(p)} is unreachable ("
+            + (self.failures[p][1] if p in self.failures else "it did not answer a probe after the failure")
+            + ")"
+            for p in self.unreachable
+        ]
         lines += [
             f"{describe(p)}: {code.name}: {details}"
             for p, (code, details) in sorted(self.failures.items())
@@ -174,20 +179,18 @@ class ClusterClient:
             except ShareStreamError as exc:
                 failures[p] = (grpc.StatusCode.DATA_LOSS, str(exc))
         if failures:
-            raise ClusterError(what, failures, self.describe, self._probe_unreachable(failures))
+            raise ClusterError(what, failures, self.describe, self._probe_unreachable())
         return results
 
-    def _probe_unreachable(self, failures: Mapping[int, tuple[grpc.StatusCode, str]]) -> list[int]:
-        """Which of the participants that failed with UNAVAILABLE or DEADLINE_EXCEEDED, or whose answer the
-        client stopped waiting for (CANCELLED), do not answer now."""
-        suspects = [
-            p
-            for p, (code, _) in failures.items()
-            if code
-            in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-        ]
+    def _probe_unreachable(self) -> list[int]:
+        """Which participants do not answer a probe right after a failure.
+
+        Every participant is probed, not only those whose own call failed: a dead dealer is often seen
+        first by the compute parties ("the stream with participant 2 broke") in a call the dealer was not
+        part of, and the error must still name it.
+        """
         probe = self._unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
-        futures = {p: self._pool.submit(probe, p) for p in suspects}
+        futures = {p: self._pool.submit(probe, p) for p in self.participants}
         down = []
         for p, future in futures.items():
             try:

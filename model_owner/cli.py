@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from model_owner.share import share_model
 from mpc_core.nn.config import SUPPORTED_ARCHS, UnsupportedModelError
 from mpc_core.nn.weights import CheckpointError
+from mpc_core.suites import SUITES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="local checkpoint folder (config.json + weights)")
     parser.add_argument(
-        "--suite", required=True, choices=["2pc", "3pc"], help="protocol suite of the servers"
+        "--suite", required=True, choices=sorted(SUITES), help="protocol suite of the servers"
     )
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits (default 16)")

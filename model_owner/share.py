@@ -45,9 +45,9 @@ from mpc_core.nn.weights import (
 )
 from mpc_core.prg import PRG, fresh_seed
 from mpc_core.ring import FixedPoint
-from mpc_core.suites import suite_class
+from mpc_core.suites import SUITES, suite_class
 
-PARTIES = {"2pc": 2, "3pc": 3}
+PARTIES = {name: len(cls.compute_parties) for name, cls in SUITES.items()}  # share files per suite
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -32,11 +32,21 @@ def share_chunks(header: Any, share: np.ndarray, max_message_bytes: int, chunk_c
 
 
 class ShareAssembler:
-    """Collects one share's bytes after its header has been validated by the receiver."""
+    """Collects one share's bytes after its header has been validated by the receiver.
+
+    The buffer is ``np.empty``: the operating system commits its pages only as data is written, so a
+    header that declares a large share and a stream that stops short cost only the bytes that arrived
+    (a zero-filled ``bytearray`` would make the whole declared size resident at the header).
+    """
 
     def __init__(self, header: Any) -> None:
         self.header = header
-        self._buffer = bytearray(header.nbytes)
+        if header.nbytes % 8:
+            raise ShareStreamError(
+                f"share {header.name!r}: {header.nbytes} bytes is not a whole number of uint64"
+            )
+        self._array = np.empty(header.nbytes // 8, dtype="<u8")
+        self._buffer = memoryview(self._array).cast("B")
         self._filled = 0
 
     def feed(self, data: bytes) -> None:
@@ -53,4 +63,10 @@ class ShareAssembler:
             raise ShareStreamError(
                 f"share {self.header.name!r} ended after {self._filled} of {len(self._buffer)} bytes declared"
             )
-        return np.frombuffer(self._buffer, dtype="<u8").reshape(tuple(self.header.shape)).view(np.uint64)
+        return self._array.reshape(tuple(self.header.shape)).view(np.uint64)
+
+    def discard(self) -> None:
+        """Drop the buffer now (a refused stream must not keep it alive through a traceback)."""
+        self._buffer.release()
+        self._array = np.empty(0, dtype="<u8")
+        self._buffer = memoryview(self._array).cast("B")

@@ -23,19 +23,26 @@ import click  # noqa: E402
 
 
 def resolve_participant(suite: str, party: int | None, role: str) -> int:
-    """The participant number from ``--party`` and ``--role`` (checked against the suite)."""
+    """The participant number from ``--party`` and ``--role`` (checked against the suite's facts)."""
+    from mpc_core.suites import suite_class
+
+    facts = suite_class(suite)
     if role == "dealer":
-        if suite != "2pc":
+        if facts.dealer is None:
             raise click.UsageError(
                 f"a {suite} cluster has no dealer; start its parties with --party 0, 1 and 2"
             )
-        if party not in (None, 2):
-            raise click.UsageError("the dealer is participant 2; drop --party or pass --party 2")
-        return 2
+        if party not in (None, facts.dealer):
+            raise click.UsageError(
+                f"the dealer is participant {facts.dealer}; drop --party or pass --party {facts.dealer}"
+            )
+        return facts.dealer
     if party is None:
         raise click.UsageError("pass --party N (0, 1 or 2) or --role dealer")
-    if suite == "2pc" and party == 2:
-        raise click.UsageError("participant 2 of a 2pc cluster is the dealer: start it with --role dealer")
+    if facts.is_dealer(party):
+        raise click.UsageError(
+            f"participant {party} of a {suite} cluster is the dealer: start it with --role dealer"
+        )
     return party
 
 

@@ -20,6 +20,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mpc_core.suites import SuiteName, suite_class
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 MiB = 1 << 20
 GiB = 1 << 30
@@ -140,7 +142,7 @@ class ClusterConfig(_Strict):
     """The whole cluster, as every process reads it."""
 
     name: str = Field(default="secp", pattern=NAME_PATTERN)
-    suite: Literal["2pc", "3pc"] = "2pc"
+    suite: SuiteName = "2pc"
     frac_bits: int = Field(default=16, ge=0, le=40)
     model: Path | None = Field(default=None, description="folder written by secp-share-model")
     run_dir: Path = Field(default=Path(".cluster/run"), description="secp-cluster's logs and pid file")
@@ -157,7 +159,7 @@ class ClusterConfig(_Strict):
         if numbers != [0, 1, 2]:
             raise ValueError(f"parties must be participants 0, 1 and 2 exactly once each, got {numbers}")
         for p in self.parties:
-            want = "dealer" if (self.suite == "2pc" and p.participant == 2) else "party"
+            want = suite_class(self.suite).role(p.participant)
             if p.role != want:
                 raise ValueError(
                     f"in a {self.suite} cluster participant {p.participant} must have role {want!r}, "
@@ -184,7 +186,7 @@ class ClusterConfig(_Strict):
 
     @property
     def compute_parties(self) -> tuple[int, ...]:
-        return (0, 1) if self.suite == "2pc" else (0, 1, 2)
+        return suite_class(self.suite).compute_parties
 
     def resolved(self, base: Path) -> ClusterConfig:
         """A copy with every relative path made absolute against ``base``."""

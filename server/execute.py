@@ -1,24 +1,25 @@
 """Running a registered program on one participant's context, and all participants in one process.
 
 :func:`run_program` is what a server's job runs in its worker thread; :func:`run_in_process` runs the
-same code with every participant as a thread over the in-process transport: the reference a cluster's
-results are compared with (with the same ``test_seed`` the two produce identical shares).
+same code with every participant as a thread over the in-process transport (the engine's one harness,
+``mpc_core.runtime.run_threads``): the reference a cluster's results are compared with (with the same
+``test_seed`` the two produce identical shares).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
-from mpc_core.context import PARTICIPANTS, Context
+from mpc_core.context import Context
 from mpc_core.ring import RING_DTYPE, FixedPoint
+from mpc_core.runtime import make_context, run_threads
+from mpc_core.suites import suite_class
 from mpc_core.tensor import SharedTensor
-from mpc_core.transport.base import Transport, TransportClosed
-from mpc_core.transport.inprocess import InProcessNetwork
+from mpc_core.transport.base import Transport
 from server.model_store import LoadedModel
 from server.programs import Program, get_program
 from server.seeding import seeded_setup
@@ -30,7 +31,7 @@ def start_context(
     participant: int, suite: str, transport: Transport, frac_bits: int, test_seed: bytes = b""
 ) -> Context:
     """A participant's context with its PRG seeds agreed (or derived from a development test seed)."""
-    ctx = Context(participant, suite, transport, FixedPoint(frac_bits))
+    ctx = make_context(participant, suite, transport, FixedPoint(frac_bits))
     if test_seed:
         seeded_setup(ctx, test_seed)
     else:
@@ -73,31 +74,15 @@ def run_in_process(
     """Every participant's ``{output: (share or None at the dealer, scale)}`` of one in-process run."""
     program = get_program(program_name)
     params = program.parse_params(params_json)
-    network = InProcessNetwork(PARTICIPANTS, timeout_s=timeout_s)
-    results: list = [None] * PARTICIPANTS
-    errors: list[BaseException | None] = [None] * PARTICIPANTS
 
-    def body(p: int) -> None:
-        try:
-            ctx = start_context(p, suite, network.transport(p), frac_bits, test_seed)
-            model = models[p].wrap(ctx) if models is not None else None
-            own = shares[p] if p < len(shares) and not ctx.is_dealer else None
-            out = run_program(ctx, program, params, own, shapes, model)
-            results[p] = {
-                name: (None if ctx.is_dealer else np.ascontiguousarray(t.data, dtype=RING_DTYPE), t.scale)
-                for name, t in out.items()
-            }
-        except BaseException as exc:
-            errors[p] = exc
-            network.close()
+    def body(p: int, transport: Transport) -> dict[str, tuple[np.ndarray | None, int]]:
+        ctx = start_context(p, suite, transport, frac_bits, test_seed)
+        model = models[p].wrap(ctx) if models is not None else None
+        own = shares[p] if p < len(shares) and not ctx.is_dealer else None
+        out = run_program(ctx, program, params, own, shapes, model)
+        return {
+            name: (None if ctx.is_dealer else np.ascontiguousarray(t.data, dtype=RING_DTYPE), t.scale)
+            for name, t in out.items()
+        }
 
-    threads = [threading.Thread(target=body, args=(p,)) for p in range(PARTICIPANTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    first = next((e for e in errors if e is not None and not isinstance(e, TransportClosed)), None)
-    first = first or next((e for e in errors if e is not None), None)
-    if first is not None:
-        raise first
-    return results
+    return run_threads(body, suite_class(suite).participants, timeout_s)

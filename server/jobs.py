@@ -114,6 +114,7 @@ class Job:
     next_batch: int = 0
     result: BatchResult | None = None
     running: bool = False
+    batch_inputs: frozenset[str] = frozenset()  # the inputs of the batch running or waiting for peers
     ctx: Context | None = None
     transport: GrpcTransport | None = None
     incoming: dict[int, asyncio.Future] = field(default_factory=dict)
@@ -126,6 +127,12 @@ class Job:
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+
+
+def check_tensor_name(name: str) -> None:
+    """Refuse a malformed tensor name (matched whole: no trailing newline or other control character)."""
+    if not TENSOR_NAME_PATTERN.fullmatch(name):
+        raise invalid("tensor names must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or _")
 
 
 class JobManager:
@@ -170,7 +177,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ lookups
     def get(self, job_id: str) -> Job:
-        if not JOB_ID_PATTERN.match(job_id):  # checked first: a request's id is never echoed at length
+        if not JOB_ID_PATTERN.fullmatch(job_id):  # checked first: a request's id is never echoed at length
             raise invalid(f"malformed job id {shown(job_id)}: {JOB_ID_RULE}")
         job = self.jobs.get(job_id)
         if job is None:
@@ -183,7 +190,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ open
     def open(self, job_id: str, spec: JobSpec) -> Job:
-        if not JOB_ID_PATTERN.match(job_id):
+        if not JOB_ID_PATTERN.fullmatch(job_id):
             raise invalid(f"malformed job_id {shown(job_id)}: {JOB_ID_RULE}")
         if job_id in self.jobs or job_id in self._tombstones:
             raise RpcError(
@@ -237,10 +244,7 @@ class JobManager:
         limits = self.config.limits
         if self.is_dealer:
             raise precondition("the dealer holds no shares: upload shares to the compute parties only")
-        if not TENSOR_NAME_PATTERN.match(name):
-            raise invalid(
-                "tensor names must be 1-64 characters from [A-Za-z0-9_.-], starting with a letter or _"
-            )
+        check_tensor_name(name)
         if dtype != "<u8":
             raise invalid(f"shares are uint64 ring elements (dtype '<u8'), got dtype {dtype[:16]!r}")
         if not 2 <= len(shape) <= MAX_NDIM + 1 or any(d < 1 for d in shape):
@@ -262,6 +266,7 @@ class JobManager:
                 f"{limits.max_upload_bytes})"
             )
         self._accepting("uploads")
+        self._not_in_running_batch(job, name)
         replaced = job.uploads.get(name)
         total = (
             job.upload_bytes + job.in_flight_bytes - (replaced.nbytes if replaced is not None else 0) + nbytes
@@ -281,15 +286,26 @@ class JobManager:
     def reserve_upload(self, job: Job, nbytes: int) -> None:
         """Count an accepted upload header against the server's limits until :meth:`release_upload`."""
         self.resources.check_server_bytes(self.held_bytes, nbytes)
-        self.resources.check_memory("upload")
+        in_flight = sum(j.in_flight_bytes for j in self.jobs.values())
+        self.resources.check_memory("upload", adding=nbytes, reserved=in_flight)
         job.in_flight_bytes += nbytes
 
     def release_upload(self, job: Job, nbytes: int) -> None:
         job.in_flight_bytes = max(0, job.in_flight_bytes - nbytes)
 
+    @staticmethod
+    def _not_in_running_batch(job: Job, name: str) -> None:
+        """An input of the batch that runs (or waits for its peers) cannot be replaced until it ends."""
+        if job.running and name in job.batch_inputs:
+            raise precondition(
+                f"input {name!r} of job {job.job_id!r} is used by batch {job.next_batch}, which is running "
+                "or waiting for the other participants; upload it again after that batch"
+            )
+
     def store_upload(self, job: Job, name: str, share: np.ndarray) -> None:
         if job.aborted:
             raise not_found(f"job {job.job_id!r} was aborted during the upload: {job.aborted}")
+        self._not_in_running_batch(job, name)  # a batch may have started while the data arrived
         replaced = job.uploads.get(name)
         job.upload_bytes += share.nbytes - (replaced.nbytes if replaced is not None else 0)
         job.uploads[name] = share
@@ -305,8 +321,7 @@ class JobManager:
         if len(params_json.encode()) > self.config.limits.max_params_bytes:
             raise invalid(f"params_json exceeds {self.config.limits.max_params_bytes} bytes")
         for name, shape in inputs.items():
-            if not TENSOR_NAME_PATTERN.match(name):
-                raise invalid("input names must be 1-64 characters from [A-Za-z0-9_.-]")
+            check_tensor_name(name)
             if not 1 <= len(shape) <= MAX_NDIM or any(d < 1 for d in shape):
                 raise invalid(f"input {name!r} has an invalid shape {shown_shape(shape)}")
             if not self.is_dealer:
@@ -335,11 +350,14 @@ class JobManager:
     ) -> BatchResult:
         """Run one batch with the peers; on any failure the job is aborted and an RpcError raised."""
         job.running = True
+        job.batch_inputs = frozenset(inputs)
+        # the shares as planned: what the batch computes on cannot change while it waits for its peers
+        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
         try:
             if job.transport is None:
                 await self._connect(job)
             loop = asyncio.get_running_loop()
-            run = partial(self._run_batch, job, batch, dict(inputs), params, dict(outputs))
+            run = partial(self._run_batch, job, batch, dict(inputs), shares, params, dict(outputs))
             result = await loop.run_in_executor(self._executor, run)
         except asyncio.CancelledError:
             self.abort(
@@ -367,6 +385,7 @@ class JobManager:
             ) from None
         finally:
             job.running = False
+            job.batch_inputs = frozenset()
         if job.aborted:
             raise unavailable(f"job {job.job_id!r} aborted on participant {self.me}: {job.aborted}")
         job.result = result
@@ -376,7 +395,15 @@ class JobManager:
         job.touch()
         return result
 
-    def _run_batch(self, job: Job, batch: int, inputs: dict, params: BaseModel, outputs: dict) -> BatchResult:
+    def _run_batch(
+        self,
+        job: Job,
+        batch: int,
+        inputs: dict,
+        shares: dict[str, np.ndarray] | None,
+        params: BaseModel,
+        outputs: dict,
+    ) -> BatchResult:
         """Worker thread: set up the context once, then run the program on this batch."""
         start = time.perf_counter()
         ctx = job.ctx
@@ -387,7 +414,6 @@ class JobManager:
             job.ctx = ctx
             if job.program.uses_model:
                 job.model_tensors = self.model.wrap(ctx)
-        shares = None if self.is_dealer else {name: job.uploads[name] for name in inputs}
         produced = run_program(ctx, job.program, params, shares, inputs, job.model_tensors, job.state)
         if set(produced) != set(outputs):
             raise ProtocolError(
@@ -501,6 +527,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ results, status, close
     def fetch(self, job: Job, batch: int, name: str) -> tuple[np.ndarray, int]:
+        check_tensor_name(name)
         if self.is_dealer:
             raise precondition("the dealer holds no result shares: fetch from the compute parties")
         if job.result is None or job.result.batch != batch:

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mpc_core.ring import RING_DTYPE
+from mpc_core.suites import SUITES
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
 
 MANIFEST_NAME = "manifest.json"
-SLOTS = {"2pc": 1, "3pc": 2}
+SLOTS = {name: cls.slots for name, cls in SUITES.items()}  # ring words per element, per suite
 
 
 class ModelError(RuntimeError):

@@ -124,8 +124,16 @@ class PartyService(party_pb2_grpc.PartyServicer):
             self.manager.store_upload(job, assembler.header.name, share)
             return party_pb2.UploadReply(name=assembler.header.name, bytes_received=share.nbytes)
         except RpcError as exc:
+            if assembler is not None:  # before the abort: its traceback would keep the buffer alive
+                assembler.discard()
+                assembler = None
+            if job is not None and reserved:
+                self.manager.release_upload(job, reserved)
+                reserved = 0
             await context.abort(exc.code, exc.message)
         finally:
+            if assembler is not None and reserved:  # cancelled or failed otherwise mid-stream
+                assembler.discard()
             if job is not None and reserved:
                 self.manager.release_upload(job, reserved)
 

@@ -49,7 +49,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"participant {peer}'s certificate may not speak for participant {hello.participant}",
                 )
-            if not JOB_ID_PATTERN.match(hello.job_id):
+            if not JOB_ID_PATTERN.fullmatch(hello.job_id):
                 raise invalid("malformed job id in hello")
             job = self.manager.accept_target(hello.job_id, peer, hello.spec_digest)
         except RpcError as exc:

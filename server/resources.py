@@ -46,12 +46,20 @@ class ResourceGuard:
             "limits.max_memory_bytes" if limits.max_memory_bytes else "90% of this machine's memory"
         )
 
-    def check_memory(self, what: str) -> None:
-        """Refuse ``what`` (new job, upload, batch) while the process is above its memory limit."""
+    def check_memory(self, what: str, adding: int = 0, reserved: int = 0) -> None:
+        """Refuse ``what`` (new job, upload, batch) if it would take the process above its memory limit.
+
+        ``adding`` is what ``what`` will allocate (an upload's declared size) and ``reserved`` what accepted
+        uploads still in flight will (their buffers fill as data arrives, so resident memory does not show
+        them yet): both count now, before anything is allocated, so concurrent headers cannot together
+        overshoot the limit. The check and the caller's reservation run on the server's one event loop,
+        with no await between them.
+        """
         rss = resident_bytes()
-        if rss > self.max_memory_bytes:
+        if rss + reserved + adding > self.max_memory_bytes:
+            needs = f" and {adding + reserved} more reserved for uploads" if adding or reserved else ""
             raise exhausted(
-                f"participant {self.participant} refuses a new {what}: it uses {rss} bytes of memory, "
+                f"participant {self.participant} refuses a new {what}: it uses {rss} bytes of memory{needs}, "
                 f"above its limit of {self.max_memory_bytes} bytes ({self.memory_source}); retry later"
             )
 

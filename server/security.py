@@ -13,6 +13,7 @@ its address.
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 from collections.abc import Sequence
@@ -115,19 +116,57 @@ def message_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+#: Calls that change nothing on a server, so that a second attempt is always safe: gRPC's own retry
+#: policy resends them when the connection failed (UNAVAILABLE), with exponential backoff.
+IDEMPOTENT_METHODS = (
+    ("secp.party.v1.Party", "ServerInfo"),
+    ("secp.party.v1.Party", "JobStatus"),
+    ("secp.party.v1.Party", "FetchResult"),
+    ("grpc.health.v1.Health", "Check"),
+)
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": service, "method": method} for service, method in IDEMPOTENT_METHODS],
+                "retryPolicy": RETRY_POLICY,
+            }
+        ]
+    }
+)
+#: A connection attempt may take this long (TCP, TLS and HTTP/2 settings: several round trips, and
+#: slower still under a connection storm). gRPC reads it from ``grpc.min_reconnect_backoff_ms``, which is
+#: therefore NOT set low for fast reconnects: at 100 ms every peer more than ~20 ms away was unreachable.
+MIN_CONNECT_TIMEOUT_MS = 20_000
+#: Keepalive: a ping every 10 s on an idle or busy link; the answer may queue behind a full socket
+#: buffer on a slow WAN link, so it gets 20 s before the connection is declared dead.
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+
+
 def channel_options(server_name: str | None, max_message_bytes: int) -> list[tuple[str, object]]:
-    """Options of a channel to a cluster server: identity pinning, message limits, keepalive."""
+    """Options of a channel to a cluster server: identity pinning, message limits, connect timeout,
+    keepalive, reconnect backoff and retries of idempotent calls (see the constants above)."""
     options: list[tuple[str, object]] = [
         *message_options(max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.enable_retries", 0),
-        # reconnect quickly to a restarted server (the default backoff grows to 120 s)
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
+        # reconnect quickly to a restarted server (the default backoff grows to 120 s), but give each
+        # connection attempt its full time
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
     ]
     if server_name is not None:
         options.append(("grpc.ssl_target_name_override", server_name))
@@ -137,8 +176,8 @@ def channel_options(server_name: str | None, max_message_bytes: int) -> list[tup
 def server_options(max_message_bytes: int) -> list[tuple[str, object]]:
     return [
         *message_options(max_message_bytes),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),

@@ -45,7 +45,7 @@ def free_ports(count: int) -> list[int]:
 
 def cluster_dict(suite: str, ports: list[int], **overrides: Any) -> dict[str, Any]:
     """A cluster configuration (as YAML data) on 127.0.0.1 with the given ports."""
-    third = "dealer" if suite == "2pc" else "party"
+    third = suite_class(suite).role(2)
     config: dict[str, Any] = {
         "name": f"test-{suite}",
         "suite": suite,
@@ -54,7 +54,7 @@ def cluster_dict(suite: str, ports: list[int], **overrides: Any) -> dict[str, An
             {"participant": 1, "name": "p1", "address": f"127.0.0.1:{ports[1]}"},
             {
                 "participant": 2,
-                "name": "dealer" if suite == "2pc" else "p2",
+                "name": "dealer" if third == "dealer" else "p2",
                 "address": f"127.0.0.1:{ports[2]}",
                 "role": third,
             },
@@ -113,7 +113,7 @@ def write_test_model(folder: Path, suite: str, tensors: Mapping[str, np.ndarray]
         name: cls.split(fp.encode(np.asarray(value, dtype=np.float64)), prg)
         for name, value in tensors.items()
     }
-    parties = 2 if suite == "2pc" else 3
+    parties = len(cls.compute_parties)
     files = []
     for p in range(parties):
         path = folder / f"party{p}.safetensors"

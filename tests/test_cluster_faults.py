@@ -120,6 +120,71 @@ def test_idle_job_is_dropped_when_a_peer_dies(tmp_path):
         assert "aborted" in info.value.failures[1][1]
 
 
+def test_a_dead_dealer_is_named_by_a_call_it_was_not_part_of(tmp_path):
+    """Killed between batches, the dealer is first noticed by the compute parties ("aborted: the
+    stream with participant 2 broke") on an upload that only goes to them: the error still names it."""
+    with (
+        running_cluster(tmp_path, "2pc") as (config, cluster),
+        ClusterClient(config, deadline_s=DEADLINE_S) as client,
+    ):
+        job = client.open_job("rounds")
+        job.upload("x", FP.encode(np.full(2, 0.5)))
+        job.evaluate(params={"rounds": 3})
+        cluster.kill_one(2)
+        assert _wait_for(lambda: _job_gone(client, 0, job.job_id), 10)
+        start = time.monotonic()
+        with pytest.raises(ClusterError) as info:
+            job.upload("x", FP.encode(np.full(2, 0.25)))
+        print(f"\ndead dealer named after {time.monotonic() - start:.2f} s")
+        assert 2 not in info.value.failures  # the upload went to the compute parties only
+        assert info.value.unreachable == [2] and info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert f"participant 2 ({config.party(2).name} at {config.party(2).address}) is unreachable" in str(
+            info.value
+        )
+
+
+def test_an_input_cannot_be_replaced_while_its_batch_waits_for_peers(tmp_path):
+    """Evaluate reaches P1 first; replacing x (another shape) on P1 meanwhile is refused with
+    FAILED_PRECONDITION; once P0 and the dealer join, the batch computes on the x it was planned with."""
+    with (
+        running_cluster(tmp_path, "2pc") as (config, cluster),
+        ClusterClient(config, deadline_s=DEADLINE_S) as client,
+    ):
+        rng = np.random.default_rng(5)
+        x, w, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 2)), rng.normal(size=2)
+        job = client.open_job("affine")
+        for name, value in {"x": x, "w": w, "b": b}.items():
+            job.upload(name, FP.encode(value))
+        request = party_pb2.EvaluateRequest(
+            job_id=job.job_id,
+            batch=0,
+            inputs=[party_pb2.TensorInfo(name=n, shape=v.shape) for n, v in {"x": x, "w": w, "b": b}.items()],
+            params_json="{}",
+        )
+        call = client._unary("Evaluate", request)
+        first = client._pool.submit(call, 1)
+        assert _wait_for(lambda: job.status()[1].state == "running", 10)
+        other = FP.encode(np.zeros((5, 3)))
+        header = party_pb2.ShareHeader(
+            job_id=job.job_id, name="x", dtype="<u8", shape=[1, 5, 3], nbytes=other.nbytes
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            client.stub(1).Upload(
+                iter([party_pb2.UploadChunk(header=header, data=other.tobytes())]),
+                timeout=10,
+                metadata=client._metadata,
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "used by batch 0" in refused.value.details()
+        rest = [client._pool.submit(call, p) for p in (0, 2)]
+        for future in [first, *rest]:
+            future.result(timeout=30)
+        job.next_batch = 1
+        assert np.allclose(job.reveal_float("y"), x @ w + b, atol=1e-3)
+        assert "Traceback" not in cluster.tail(1, lines=10_000)
+        job.close()
+
+
 def test_deadline_expiry_aborts_the_job_everywhere(tmp_path):
     """A data owner's deadline that expires mid-evaluation cancels and drops the job on every server."""
     with (

@@ -17,7 +17,8 @@ P1, or the dealer / P2).  Every trial must show that
   secure evaluation (``LOSS_TOL``, at 24 fractional bits);
 * afterwards no server holds any job (neither the resumed run's nor the interrupted one's).
 
-Trials per suite: ``scale(2, 20)`` (2 in `make test`, 20 in `make test-security`).  The last test kills
+Trials per suite: ``scale(3, 20)`` (3 in `make test`, so the dealer or P2 is a victim there too; 20 in
+`make test-security`).  The last test kills
 the data owner itself at random instants (``scale(2, 20)`` kills): no torn file, ever.
 """
 
@@ -280,7 +281,7 @@ def test_a_fault_at_a_random_point_is_reported_and_the_run_resumes(tmp_path: Pat
         ref = tmp_path / "ref"
         reference_run(opts, ref)
         gen_s = min(r["seconds"] for r in RunFolder(ref).read_history()[1:])
-        trials = plan(suite, scale(2, 20))
+        trials = plan(suite, scale(3, 20))
         failures: list[str] = []
         seconds: list[float] = []
         started = time.monotonic()

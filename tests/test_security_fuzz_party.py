@@ -138,7 +138,14 @@ job_ids = st.one_of(
     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True),
     any_text,
 )
-names = st.one_of(st.sampled_from(["x", "w", "b", "y", "z"]), any_text)
+#: Control characters around otherwise valid names: a trailing newline once passed the checks (a regex
+#: `$` matches before a final newline) and split the servers' log lines.
+CONTROL_CHARACTERS = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\u2028"]
+with_control = st.tuples(
+    st.sampled_from(["a", "x", "b" * 64, "job-1"]), st.sampled_from(CONTROL_CHARACTERS), st.booleans()
+).map(lambda t: t[0] + t[1] if t[2] else t[1] + t[0])
+job_ids = st.one_of(job_ids, with_control)
+names = st.one_of(st.sampled_from(["x", "w", "b", "y", "z"]), any_text, with_control)
 shapes = st.one_of(
     st.sampled_from([[1, 3, 4], [1, 4, 2], [1, 2], [2, 3, 4], [1], [], [1, 0, 3]]),
     st.lists(uint64, max_size=12),
@@ -441,6 +448,62 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
         if tally.cases % VERIFY_EVERY == 0:
             env.reference.verify()
     _finish(env, tally, rss_before, time.monotonic() - start)
+
+
+def test_names_with_control_characters_are_refused_everywhere(env: Env) -> None:
+    """Job ids and tensor names are matched whole: a trailing newline (or any control character) is
+    INVALID_ARGUMENT on OpenJob, JobStatus, CloseJob, Upload, Evaluate and FetchResult, and no job or
+    upload appears."""
+    md = env.client._metadata
+    bad_ids = [*(f"a{c}" for c in CONTROL_CHARACTERS), "b" * 64 + "\n", "\njob"]
+    bad_names = [*(f"x{c}" for c in CONTROL_CHARACTERS), "\nx"]
+    before = job_state(env, env.reference.job.job_id)
+    spec = party_pb2.JobSpec(program="affine", suite=env.config.suite, frac_bits=FP.frac_bits)
+    calls = []
+    for job_id in bad_ids:
+        calls += [
+            lambda j=job_id: env.stub.OpenJob(
+                party_pb2.OpenJobRequest(job_id=j, spec=spec), timeout=5, metadata=md
+            ),
+            lambda j=job_id: env.stub.JobStatus(party_pb2.JobRef(job_id=j), timeout=5, metadata=md),
+            lambda j=job_id: env.stub.CloseJob(party_pb2.JobRef(job_id=j), timeout=5, metadata=md),
+        ]
+    ref = env.reference.job.job_id
+    next_batch = before[1]  # the names, not the batch number, must be what is refused
+    for name in bad_names:
+        header = party_pb2.ShareHeader(job_id=ref, name=name, dtype="<u8", shape=[1, 1], nbytes=8)
+        calls += [
+            lambda h=header: env.stub.Upload(
+                iter([party_pb2.UploadChunk(header=h, data=bytes(8))]), timeout=5, metadata=md
+            ),
+            lambda n=name: env.stub.Evaluate(
+                party_pb2.EvaluateRequest(
+                    job_id=ref,
+                    batch=next_batch,
+                    inputs=[party_pb2.TensorInfo(name=n, shape=[1])],
+                    params_json="{}",
+                ),
+                timeout=5,
+                metadata=md,
+            ),
+            lambda n=name: list(
+                env.stub.FetchResult(
+                    party_pb2.FetchRequest(job_id=ref, batch=next_batch - 1, name=n), timeout=5, metadata=md
+                )
+            ),
+        ]
+    failures = 0
+    for call in calls:
+        outcome = outcome_of(call)
+        if outcome.code != grpc.StatusCode.INVALID_ARGUMENT:
+            failures += 1
+        assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+        assert "\n" not in outcome.details, "a refusal must not echo a newline into logs"
+    record("party API: names with control characters", len(calls), failures)
+    assert job_state(env, env.reference.job.job_id) == before
+    for job_id in bad_ids:
+        assert job_state(env, job_id) == ("INVALID_ARGUMENT",)
+    env.reference.verify()
 
 
 def test_invalid_utf8_in_every_string_field_is_invalid_argument(env: Env) -> None:

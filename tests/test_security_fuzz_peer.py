@@ -173,7 +173,14 @@ shapes = st.one_of(
 )
 hellos = st.fixed_dictionaries(
     {
-        "job": st.one_of(st.sampled_from(["@sandbox"] * 4 + ["@reference", "@unknown"]), any_text),
+        "job": st.one_of(
+            st.sampled_from(["@sandbox"] * 4 + ["@reference", "@unknown"]),
+            # a real job's id with a control character after it (a trailing newline once passed the check)
+            st.tuples(st.sampled_from(["@sandbox", "@reference"]), st.sampled_from(["\n", "\r", "\x00"])).map(
+                "".join
+            ),
+            any_text,
+        ),
         "participant": st.one_of(st.sampled_from([0, 0, 0, 1, 2]), st.integers(0, 2**32 - 1)),
         "digest": st.one_of(st.sampled_from(["@right"] * 4 + ["@other"]), st.binary(max_size=40)),
     }
@@ -205,9 +212,9 @@ streams = st.fixed_dictionaries(
 
 
 def _hello_frame(env: Env, hello: dict, sandbox: str) -> peer_pb2.PeerFrame:
-    job = {"@sandbox": sandbox, "@reference": env.reference.job_id, "@unknown": env.fresh_id()}.get(
-        hello["job"], hello["job"]
-    )
+    tokens = {"@sandbox": sandbox, "@reference": env.reference.job_id, "@unknown": env.fresh_id()}
+    stem, tail = hello["job"][:-1], hello["job"][-1:]
+    job = tokens[stem] + tail if stem in tokens else tokens.get(hello["job"], hello["job"])
     digest = hello["digest"]
     if digest == "@right":
         digest = AFFINE.digest(job)

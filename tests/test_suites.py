@@ -19,7 +19,7 @@ import pytest
 from mpc_core.context import Context
 from mpc_core.prg import PRG, system_prg
 from mpc_core.ring import FixedPoint
-from mpc_core.runtime import run_parties
+from mpc_core.runtime import make_context, run_parties
 from mpc_core.suites import suite_class
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.base import ProtocolError, Transport, TransportClosed
@@ -507,7 +507,7 @@ def run_contexts(
 
     def body(participant: int) -> None:
         try:
-            ctx = Context(
+            ctx = make_context(
                 participant,
                 suites[participant],
                 network.transport(participant),
@@ -639,3 +639,112 @@ def test_input_from_a_participant_without_data_raises(suite: str, owner: int) ->
 def test_unknown_suite_name() -> None:
     with pytest.raises(ValueError, match="unknown suite"):
         suite_class("4pc")
+
+
+# ---------------------------------------------------------------------------------- facts and messages
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_facts_agree_with_its_shares(suite: str) -> None:
+    """The facts processes read without building a suite match what the suite's split produces."""
+    cls = suite_class(suite)
+    shares = cls.split(np.arange(6, dtype=np.uint64).reshape(2, 3), system_prg())
+    assert len(shares) == len(cls.compute_parties)
+    assert all(s.shape == (cls.slots, 2, 3) for s in shares)
+    assert cls.share_bytes(6) == shares[0].nbytes
+    roles = [cls.role(p) for p in range(cls.participants)]
+    assert [p for p, r in enumerate(roles) if r == "party"] == list(cls.compute_parties)
+    assert [p for p, r in enumerate(roles) if r == "dealer"] == ([] if cls.dealer is None else [cls.dealer])
+    with pytest.raises(ValueError, match="participants"):
+        cls.role(cls.participants)
+
+
+def test_context_without_a_suite_refuses() -> None:
+    ctx = Context(0, InProcessNetwork(3).transport(0), FP)
+    with pytest.raises(RuntimeError, match="no suite"):
+        ctx.suite  # noqa: B018 - the access is the test
+    ctx.attach(suite_class("2pc")(ctx))
+    with pytest.raises(RuntimeError, match="already"):
+        ctx.attach(suite_class("2pc")(ctx))
+
+
+def test_rotate_batches_arrays_into_one_message_per_party() -> None:
+    """rotate: each participant gets its next neighbour's arrays (shapes kept) in one round, one message."""
+
+    def program(ctx: Context):
+        me = ctx.participant
+        mine = [np.full((2, 3), me, dtype=np.uint64), np.arange(4, dtype=np.uint64) + 10 * me]
+        before = ctx.stats.total.as_dict()
+        got = ctx.rotate(mine, "test")
+        after = ctx.stats.total.as_dict()
+        return got, after["rounds"] - before["rounds"], after["messages"] - before["messages"]
+
+    outcome = run_contexts(["3pc"] * 3, program)
+    for me, (got, rounds, messages) in enumerate(outcome):
+        nxt = (me + 1) % 3
+        assert got[0].shape == (2, 3) and np.all(got[0] == nxt)
+        assert np.array_equal(got[1], np.arange(4) + 10 * nxt)
+        assert (rounds, messages) == (1, 1)
+
+
+def test_labels_name_a_divergence_at_the_first_message() -> None:
+    """Two parties that open different things fail with a tag naming both openings."""
+
+    def program(ctx: Context):
+        if ctx.participant == 2:
+            return None
+        label = "open(x-a)" if ctx.participant == 0 else "open(x+t)"
+        return ctx.swap(1 - ctx.participant, [np.zeros(3, dtype=np.uint64)], label)
+
+    outcome = run_contexts(["2pc"] * 3, program)
+    errors = [o for o in outcome[:2] if isinstance(o, ProtocolError)]
+    assert errors, outcome
+    assert all("open(x-a)" in str(e) and "open(x+t)" in str(e) for e in errors)
+
+
+class CountingCorrelations:
+    """Wraps a participant's correlations and records which correlation each call asked for."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, bool]] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            fresh_mask = name == "fixed_matmul_triple" and out is not None and out.b is not None
+            self.calls.append((name, fresh_mask))
+            return out
+
+        return call
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_participant_asks_for_the_same_correlations(suite: str) -> None:
+    """The online protocol and the dealer's side ask the correlations seam for the same catalogue entries
+    in the same order; a fixed operand's mask is dealt with its first product only."""
+    rng = np.random.default_rng(4)
+    x, w = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
+
+    def program(ctx: Context, X: SharedTensor, W: SharedTensor):
+        core = ctx.suite.core
+        core.corr = counting = CountingCorrelations(core.corr)
+        X * X
+        X.square()
+        X @ W.fixed("w")
+        X @ W.fixed("w")
+        X.msb()
+        X.trig(2.0**6, [1, 2])
+        return counting.calls
+
+    calls = run_parties(suite, program, x, w)
+    names = [[name for name, _ in c] for c in calls]
+    assert names[0] == names[1] == names[2]
+    assert {"trunc_pair", "and_triple", "bit_pair", "trig_pair"} <= set(names[0])
+    if suite == "3pc":  # products are local plus a reshare: only the 2-of-2 kernels use correlations
+        assert not {"mul_triple", "square_pair", "fixed_matmul_triple"} & set(names[0])
+        return
+    assert names[0][:4] == ["mul_triple", "trunc_pair", "square_pair", "trunc_pair"]
+    assert names[0].count("fixed_matmul_triple") == 2
+    for p in (0, 1):  # the parties get the weight's mask share once
+        assert [fresh for name, fresh in calls[p] if name == "fixed_matmul_triple"] == [True, False]

@@ -36,6 +36,7 @@ from data_owner.encode import EncodedSplit, PublicModel
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import LossOracle, check_prompts
 from data_owner.task import Head, TaskSpec
+from mpc_core.suites import suite_class
 from proto.contracts import TuningParams, padding_lengths
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class SecureOracle(LossOracle):
     def _upload(self, name: str, value: np.ndarray) -> None:
         ring = self.fp.encode(np.asarray(value, dtype=np.float64))
         self._guard(self.job.upload, name, ring)
-        self.cost.bytes_sent += ring.nbytes * self.parties * (2 if self.job.suite == "3pc" else 1)
+        self.cost.bytes_sent += suite_class(self.job.suite).share_bytes(ring.size) * self.parties
 
     def _evaluate(self, prompts: np.ndarray, split: str, part: int, output: str) -> np.ndarray:
         """One part of a split for all candidates: one request, or candidate groups under the cap."""
@@ -222,7 +223,7 @@ class SecureOracle(LossOracle):
             self._upload("prompts", prompts[g : g + group])
             self._guard(self.job.evaluate, inputs, params)
             value = self._guard(self.job.reveal_float, output)
-            self.cost.bytes_received += value.size * 8 * self.parties * (2 if self.job.suite == "3pc" else 1)
+            self.cost.bytes_received += suite_class(self.job.suite).share_bytes(value.size) * self.parties
             self.cost.rounds += 1
             values.append(np.asarray(value, dtype=np.float64))
         self.cost.seconds += time.perf_counter() - t0

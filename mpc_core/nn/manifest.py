@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_core.nn.adapted import AdaptationRecord
 from mpc_core.nn.config import EncoderConfig
+from mpc_core.suites import SuiteName
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "secp-shares/1"
@@ -52,7 +53,7 @@ class ShareManifest(BaseModel):
     format: Literal["secp-shares/1"] = FORMAT
     arch: Literal["bert", "roberta"]
     config: EncoderConfig
-    suite: Literal["2pc", "3pc"]
+    suite: SuiteName
     fixed_point: FixedPointSpec
     #: Canonical name -> shape of every secret-shared tensor (shares add a leading slot axis).
     tensors: dict[str, list[int]]

@@ -1,7 +1,9 @@
 """The ``2pc`` suite: 2-of-2 additive sharing between P0 and P1, correlated randomness from dealer D.
 
 Shares have one slot.  All products and kernels are the dealer-assisted protocols of
-:mod:`mpc_core.suites.twoparty`; truncation is local (no communication).
+:mod:`mpc_core.suites.twoparty`: a compute party runs their online side, the dealer their dealing side
+(chosen once, when the suite is built).  Truncation is exact (one round) or local, as the fixed-point
+parameters say, also chosen once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from mpc_core.prg import PRG
 from mpc_core.ring import RING_DTYPE
 from mpc_core.suites.base import Suite
-from mpc_core.suites.twoparty import TwoPartyCore
+from mpc_core.suites.twoparty import two_party
 from mpc_core.transport.base import ProtocolError
 
 if TYPE_CHECKING:
@@ -26,15 +28,15 @@ DEALER = 2
 
 class Additive2PC(Suite):
     name = "2pc"
+    participants = 3
+    compute_parties = PARTIES
+    dealer = DEALER
     slots = 1
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.core = TwoPartyCore(ctx, 0, 1, DEALER)
-
-    @staticmethod
-    def is_dealer(participant: int) -> bool:
-        return participant == DEALER
+        self.core = two_party(ctx, *PARTIES, DEALER)
+        self.truncate_raw = self.core.truncate  # the variant FixedPoint.truncation chose
 
     # ------------------------------------------------------------------ sharing
     @staticmethod
@@ -56,7 +58,7 @@ class Additive2PC(Suite):
         if owner not in PARTIES:
             raise ValueError(f"2pc inputs come from P0 or P1, not participant {owner} (the dealer has none)")
         me = self.ctx.participant
-        if self.is_dealer(me):
+        if self.ctx.is_dealer:
             return self.dummy(shape)
         mask = self.ctx.prg_with(1 - me).ring(shape)
         if me == owner:
@@ -67,7 +69,7 @@ class Additive2PC(Suite):
         return mask[None]
 
     def reveal(self, data: np.ndarray, check: bool = True) -> np.ndarray:
-        (value,) = self.core.open([data[0]])
+        (value,) = self.core.open([data[0]], "reveal")
         return value
 
     def add_public(self, data: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -79,16 +81,16 @@ class Additive2PC(Suite):
 
     # ------------------------------------------------------------------ products
     def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.core.beaver("mul", a[0], b[0])[None]
+        return self.core.mul(a[0], b[0])[None]
 
     def square(self, a: np.ndarray) -> np.ndarray:
         return self.core.square(a[0])[None]
 
     def matmul(self, a: np.ndarray, b: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
-        return self.core.beaver("matmul", a[0], b[0], fixed_key)[None]
+        return self.core.matmul(a[0], b[0], fixed_key)[None]
 
     def truncate(self, data: np.ndarray, bits: int) -> np.ndarray:
-        return self.core.truncate(data[0], bits)[None]
+        return self.truncate_raw(data[0], bits)[None]
 
     # ------------------------------------------------------------------ kernels
     def trig(self, data, period_bits, harmonics, frac_bits):

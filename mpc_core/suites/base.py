@@ -8,13 +8,20 @@ public value, products, truncation and the nonlinear kernels (one-round trig, mo
 
 Fixed-point products come out of :meth:`Suite.mul` and :meth:`Suite.matmul` with 2f fractional bits;
 the caller truncates (so several products can be summed before one truncation).
+
+A suite declares itself in one place (as SPU's ``regSemi2kProtocol``): its *facts* are class attributes
+that the processes read without building anything (how many participants run the program, which of them
+hold shares, which one deals, how many ring words a share has per element, how owners split and
+reconstruct), and its *variants* (exact or probabilistic truncation, a dealer's or a party's side of the
+2-of-2 kernels) are chosen once, when the suite is built for a participant's context.  Nothing outside
+``suites/`` asks "which protocol is this?": it asks the suite.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -26,20 +33,44 @@ if TYPE_CHECKING:
 
 
 class Suite(ABC):
-    """One participant's implementation of a protocol suite."""
+    """One participant's implementation of a protocol suite.
 
-    name: str
-    #: Number of ring elements each compute party holds per secret element.
-    slots: int
+    Build it beside the participant's context and attach it: ``ctx.attach(Additive2PC(ctx))`` (or
+    :func:`mpc_core.runtime.make_context`).
+    """
+
+    # ------------------------------------------------------------------ facts (declared by each suite)
+    #: The suite's configuration name ("2pc", "3pc").
+    name: ClassVar[str]
+    #: Everyone who runs the SPMD program (compute parties and a dealer, if any), numbered 0..n-1.
+    participants: ClassVar[int]
+    #: The participants that hold shares (and receive the data owner's and model owner's shares).
+    compute_parties: ClassVar[tuple[int, ...]]
+    #: The participant that only deals correlated randomness, or None.
+    dealer: ClassVar[int | None] = None
+    #: Ring words (uint64) each compute party holds per secret element: the share's size.
+    slots: ClassVar[int]
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     # ------------------------------------------------------------------ roles
-    @staticmethod
-    @abstractmethod
-    def is_dealer(participant: int) -> bool:
+    @classmethod
+    def is_dealer(cls, participant: int) -> bool:
         """Whether ``participant`` holds no shares in this suite."""
+        return participant == cls.dealer
+
+    @classmethod
+    def role(cls, participant: int) -> str:
+        """``"dealer"`` or ``"party"``: the kind of process a participant of this suite runs."""
+        if participant not in range(cls.participants):
+            raise ValueError(f"{cls.name} has participants 0..{cls.participants - 1}, not {participant}")
+        return "dealer" if cls.is_dealer(participant) else "party"
+
+    @classmethod
+    def share_bytes(cls, elements: int) -> int:
+        """Bytes of one compute party's share of ``elements`` secret ring elements."""
+        return 8 * cls.slots * elements
 
     def dummy(self, shape: tuple[int, ...]) -> np.ndarray:
         """What a share-less participant carries for a secret of this shape (zeros, never read)."""

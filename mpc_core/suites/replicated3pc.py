@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mpc_core.context import flatten, split_back
 from mpc_core.prg import PRG
 from mpc_core.ring import RING_DTYPE, ring_matmul
 from mpc_core.suites.base import Suite
-from mpc_core.suites.twoparty import TwoPartyCore, truncate_share
+from mpc_core.suites.twoparty import truncate_share, two_party
 from mpc_core.transport.base import ProtocolError
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 class Replicated3PC(Suite):
     name = "3pc"
+    participants = 3
+    compute_parties = (0, 1, 2)
+    dealer = None
     slots = 2
 
     def __init__(self, ctx: Context) -> None:
@@ -43,12 +47,10 @@ class Replicated3PC(Suite):
         me = ctx.participant
         self.next = (me + 1) % 3
         self.prev = (me - 1) % 3
-        self.core = TwoPartyCore(ctx, 0, 1, 2)
+        self.core = two_party(ctx, 0, 1, 2)  # P2 generates for the 2-of-2 kernels between P0 and P1
         self._fixed: dict[str, np.ndarray] = {}  # key -> b0 + b1 of a fixed right operand
-
-    @staticmethod
-    def is_dealer(participant: int) -> bool:
-        return False
+        # The truncation variant, chosen once (FixedPoint.truncation).
+        self._truncate = self._truncate_exact if ctx.fp.truncation == "exact" else self._truncate_trunc1
 
     # ------------------------------------------------------------------ sharing
     @staticmethod
@@ -81,9 +83,9 @@ class Replicated3PC(Suite):
             if secret.shape != tuple(shape):
                 raise ValueError(f"input has shape {secret.shape}, declared {tuple(shape)}")
             shares = self.split(secret, self.ctx.private_prg)
-            self.ctx.exchange({p: shares[p] for p in range(3) if p != me}, {})
+            self.ctx.exchange({p: shares[p] for p in range(3) if p != me}, {}, "input")
             return shares[me]
-        return self.ctx.exchange({}, {owner: ((2, *shape), RING_DTYPE)})[owner]
+        return self.ctx.exchange({}, {owner: ((2, *shape), RING_DTYPE)}, "input")[owner]
 
     def reveal(self, data: np.ndarray, check: bool = True) -> np.ndarray:
         """Each party gets its missing share x_{i+2}; with ``check`` from both holders, compared."""
@@ -93,7 +95,7 @@ class Replicated3PC(Suite):
         if check:
             sends[self.next] = data[0]
             receives[self.prev] = (shape, RING_DTYPE)
-        got = self.ctx.exchange(sends, receives)
+        got = self.ctx.exchange(sends, receives, "reveal")
         missing = got[self.next]
         if check and not np.array_equal(missing, got[self.prev]):
             raise ProtocolError(
@@ -116,9 +118,8 @@ class Replicated3PC(Suite):
 
     def _reshare(self, z: np.ndarray) -> np.ndarray:
         """3-out-of-3 shares z_i (already masked by a zero share) to replicated ones, one round."""
-        z = np.require(z, requirements="C")  # keeps 0-d (scalar) secrets 0-d
-        got = self.ctx.exchange({self.prev: z}, {self.next: (z.shape, RING_DTYPE)})
-        return np.stack([z, got[self.next]])
+        (theirs,) = self.ctx.rotate([z], "reshare")
+        return np.stack([z, theirs])
 
     def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         z = a[0] * b[0] + a[0] * b[1] + a[1] * b[0]
@@ -143,22 +144,26 @@ class Replicated3PC(Suite):
     def truncate(self, data: np.ndarray, bits: int) -> np.ndarray:
         """Exact mode: the 2-of-2 exact truncation between P0 and P1 with P2 as generator, then back to
         replicated shares (two rounds).  Probabilistic mode: ABY3 Pi_trunc1 (one round, see module doc)."""
-        if self.ctx.fp.truncation == "exact":
-            (out,) = self._from_2of2([self.core.truncate_exact(self._to_2of2(data), bits)])
-            return out
+        return self._truncate(data, bits)
+
+    def _truncate_exact(self, data: np.ndarray, bits: int) -> np.ndarray:
+        (out,) = self._from_2of2([self.core.truncate_exact(self._to_2of2(data), bits)])
+        return out
+
+    def _truncate_trunc1(self, data: np.ndarray, bits: int) -> np.ndarray:
         me = self.ctx.participant
         if me == 0:
             a = truncate_share(data[0] + data[1], bits, role=0)
             r = self.ctx.prg_with(1).ring(a.shape)
-            self.ctx.exchange({2: a - r}, {})
+            self.ctx.exchange({2: a - r}, {}, "trunc1")
             return np.stack([a - r, r])
         if me == 1:
             r = self.ctx.prg_with(0).ring(data.shape[1:])
             b = truncate_share(data[1], bits, role=1)
-            self.ctx.exchange({}, {})
+            self.ctx.exchange({}, {}, "trunc1")
             return np.stack([r, b])
         b = truncate_share(data[0], bits, role=1)
-        t0 = self.ctx.exchange({}, {0: (b.shape, RING_DTYPE)})[0]
+        t0 = self.ctx.exchange({}, {0: (b.shape, RING_DTYPE)}, "trunc1")[0]
         return np.stack([b, t0])
 
     # ------------------------------------------------------------------ 2-of-2 conversions and kernels
@@ -178,26 +183,25 @@ class Replicated3PC(Suite):
         P2 receives t0 and t2, each masked by a value it does not know.
         """
         me = self.ctx.participant
-        flat = np.concatenate([np.ravel(v) for v in values])
+        flat = flatten(values)
         if me in (0, 1):
             prg = self.ctx.prg_with(1 - me)
             rho, sigma = prg.ring(flat.shape), prg.ring(flat.shape)
             if me == 0:
                 t0 = flat - rho - sigma
-                self.ctx.exchange({2: t0}, {})
-                pair = np.stack([t0, rho])
+                self.ctx.exchange({2: t0}, {}, "to_replicated")
+                first, second = t0, rho
             else:
                 t2 = flat + sigma
-                self.ctx.exchange({2: t2}, {})
-                pair = np.stack([rho, t2])
+                self.ctx.exchange({2: t2}, {}, "to_replicated")
+                first, second = rho, t2
         else:
-            got = self.ctx.exchange({}, {0: (flat.shape, RING_DTYPE), 1: (flat.shape, RING_DTYPE)})
-            pair = np.stack([got[1], got[0]])
-        out, start = [], 0
-        for v in values:
-            out.append(pair[:, start : start + v.size].reshape((2, *v.shape)))
-            start += v.size
-        return out
+            got = self.ctx.exchange(
+                {}, {0: (flat.shape, RING_DTYPE), 1: (flat.shape, RING_DTYPE)}, "to_replicated"
+            )
+            first, second = got[1], got[0]
+        pairs = zip(split_back(first, values), split_back(second, values), strict=True)
+        return [np.stack([a, b]) for a, b in pairs]
 
     def trig(self, data, period_bits, harmonics, frac_bits):
         cos, sin = self.core.trig(self._to_2of2(data), period_bits, harmonics, frac_bits)

@@ -1,13 +1,18 @@
-"""2-of-2 additive protocols between two parties with a third participant as the dealer.
+"""2-of-2 additive protocols between two parties, with a third participant dealing their correlations.
 
 The 2pc suite runs everything here with P0, P1 and the dealer D.  The 3pc suite reuses the nonlinear
-kernels (trig, msb) with P2 as the generator: a replicated sharing is a 2-of-2 sharing between P0 and P1
-at no cost, and P2, which never sees an opened value of those kernels, plays the dealer (DESIGN.md §3).
+kernels (trig, msb) and the exact truncation with P2 as the generator: a replicated sharing is a 2-of-2
+sharing between P0 and P1 at no cost, and P2, which never sees an opened value of those kernels, plays
+the dealer (DESIGN.md §3).
 
-Correlated randomness: the dealer derives P0's part of every triple from the seed it shares with P0 and
-P1's random parts from the seed it shares with P1, so it sends P1 only the corrections (for a triple
-(a, b, c = a * b) just c - c0).  A party never learns a mask together with the value it masks: the
-dealer never receives anything.
+Two implementations of one set of kernels, chosen once per participant by :func:`two_party`:
+
+* :class:`TwoPartyCore`, a compute party's *online* protocol: it asks its
+  :class:`~mpc_core.suites.correlations.Correlations` for what it consumes, opens masked values and
+  computes locally.  Nothing in it asks "am I the dealer?".
+* :class:`TwoPartyDealer`, the dealer's side: for each kernel it asks its dealer-side correlations for
+  the same correlations in the same order (which deals them) and returns placeholders of the output's
+  shape.  It never receives anything.
 
 Products use one formula for every bilinear operation ``op`` (elementwise product, matrix product, AND):
 with E = x - a and F = y - b opened, each party sets z_i = op(E, y_i) + op(a_i, F) + c_i, which sums to
@@ -21,13 +26,20 @@ With x0 uniform the result is x >> k up to one unit in the last place, except wi
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mpc_core.context import flatten, split_back
 from mpc_core.ring import EXACT_TRUNC_BITS, RING_DTYPE, ring_matmul, ring_scalar, to_signed
+from mpc_core.suites.correlations import (
+    Correlations,
+    DealerCorrelations,
+    PartyCorrelations,
+    encode_public,
+    harmonic_phases,
+)
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
@@ -41,6 +53,17 @@ TABLE_CHUNK = 1 << 18
 #: Bit positions 0..62 of a ring element: the low bits whose carry decides the sign bit.
 _BIT_POSITIONS = np.arange(63, dtype=np.uint64)
 
+__all__ = [
+    "SERIES_BITS",
+    "TABLE_CHUNK",
+    "TwoPartyCore",
+    "TwoPartyDealer",
+    "carry_tree_levels",
+    "harmonic_phases",
+    "truncate_share",
+    "two_party",
+]
+
 
 def truncate_share(share: np.ndarray, bits: int, role: int) -> np.ndarray:
     """One party's local truncation of its 2-of-2 share (SPU's unbiased SecureML variant)."""
@@ -49,144 +72,100 @@ def truncate_share(share: np.ndarray, bits: int, role: int) -> np.ndarray:
     return (-((to_signed(-share)) >> bits)).view(RING_DTYPE)
 
 
-def _mul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return x * y
+def carry_tree_levels(bits: int) -> list[int]:
+    """How many AND gates per element each round of the msb carry tree over ``bits`` bit positions uses.
+
+    Round one computes the generate bits (one AND per position); every later round merges adjacent
+    blocks (two ANDs per merge, one for the last merge, which needs only the carry).
+    """
+    levels, blocks = [bits], bits
+    while blocks > 1:
+        pairs = blocks // 2
+        if blocks == 2:
+            levels.append(1)
+            break
+        levels.append(2 * pairs)
+        blocks = pairs + blocks % 2
+    return levels
 
 
-def _and(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return x & y
+def two_party(ctx: Context, p0: int, p1: int, dealer: int) -> TwoPartyCore | TwoPartyDealer:
+    """This participant's side of the 2-of-2 protocols between ``p0`` and ``p1`` dealt by ``dealer``."""
+    me = ctx.participant
+    if me == dealer:
+        return TwoPartyDealer(ctx, DealerCorrelations(ctx, p0, p1), ctx.fp.truncation == "exact")
+    if me not in (p0, p1):
+        raise ValueError(f"participant {me} is neither party ({p0}, {p1}) nor the dealer ({dealer})")
+    role = 0 if me == p0 else 1
+    corr = PartyCorrelations(ctx, role, dealer)
+    return TwoPartyCore(ctx, role, p1 if role == 0 else p0, corr, ctx.fp.truncation == "exact")
 
 
 class TwoPartyCore:
-    """2-of-2 protocols for one participant: ``role`` is 0 or 1 for the parties, ``'dealer'`` for D."""
+    """A compute party's online 2-of-2 protocols (``role`` 0 or 1; ``other`` is the other party)."""
 
-    def __init__(self, ctx: Context, p0: int, p1: int, dealer: int) -> None:
+    def __init__(
+        self, ctx: Context, role: int, other: int, corr: Correlations, exact_truncation: bool
+    ) -> None:
         self.ctx = ctx
-        self.p0, self.p1, self.dealer = p0, p1, dealer
-        me = ctx.participant
-        self.role: int | str = 0 if me == p0 else 1 if me == p1 else "dealer"
-        self.other = p1 if me == p0 else p0
-        self._fixed: dict[str, np.ndarray] = {}
-        self._dealer_fixed: dict[str, np.ndarray] = {}
-
-    @property
-    def is_dealer(self) -> bool:
-        return self.role == "dealer"
+        self.role = role
+        self.other = other
+        self.corr = corr
+        self._fixed: dict[str, np.ndarray] = {}  # key -> opened F = W - B_key
+        # Variants chosen once (FixedPoint.truncation): exact truncation, or the local SecureML one.
+        self.truncate = self.truncate_exact if exact_truncation else self.truncate_local
+        self.series_bits = SERIES_BITS if exact_truncation else None
 
     # ------------------------------------------------------------------ opening
-    def open(self, shares: Sequence[np.ndarray], xor: bool = False) -> list[np.ndarray]:
-        """Open several 2-of-2 shared arrays in one round (zeros at the dealer)."""
-        if self.is_dealer:
-            return [np.zeros_like(s) for s in shares]
-        dtype = shares[0].dtype
-        flat = np.concatenate([np.ravel(s) for s in shares]) if len(shares) > 1 else np.ravel(shares[0])
-        theirs = self.ctx.exchange({self.other: flat}, {self.other: (flat.shape, dtype)})[self.other]
-        total = flat ^ theirs if xor else flat + theirs
-        out, start = [], 0
-        for s in shares:
-            out.append(total[start : start + s.size].reshape(s.shape))
-            start += s.size
-        return out
+    def open(self, shares: Sequence[np.ndarray], label: str = "open", xor: bool = False) -> list[np.ndarray]:
+        """Open several 2-of-2 shared arrays (one dtype) in one round, under the name ``label``."""
+        theirs = self.ctx.swap(self.other, shares, label)
+        if xor:
+            return [mine ^ t for mine, t in zip(shares, theirs, strict=True)]
+        return [mine + t for mine, t in zip(shares, theirs, strict=True)]
 
-    # ------------------------------------------------------------------ correlated randomness
-    def _dealt(
-        self, shape: tuple[int, ...], make: Callable[[], np.ndarray] | None, xor: bool = False
-    ) -> np.ndarray:
-        """One dealt value: P0's share from its seed, P1's as a correction sent by the dealer.
-
-        ``make`` (called at the dealer only) computes the value to be shared.
-        """
-        if self.role == 0:
-            return self.ctx.prg_with(self.dealer).ring(shape)
-        if self.role == 1:
-            return self.ctx.recv(self.dealer, shape, RING_DTYPE)
-        share0 = self.ctx.prg_with(self.p0).ring(shape)
-        value = make()
-        self.ctx.send(self.p1, (value ^ share0) if xor else (value - share0))
-        return share0  # unused by the dealer; returned for a uniform signature
-
-    def _random_pair(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-        """A uniformly random shared mask: (this party's share, the full value at the dealer)."""
-        if self.is_dealer:
-            s0 = self.ctx.prg_with(self.p0).ring(shape)
-            s1 = self.ctx.prg_with(self.p1).ring(shape)
-            return s0, (s0, s1)
-        return self.ctx.prg_with(self.dealer).ring(shape), None
+    def swap_bits(self, bits: Sequence[np.ndarray], label: str) -> list[np.ndarray]:
+        """Send this party's bits (0/1 words) packed eight to a byte; the other party's bits (uint8) back."""
+        flat = flatten(bits).astype(np.uint8)
+        packed = np.packbits(flat)
+        (theirs,) = self.ctx.swap(self.other, [packed], label)
+        return split_back(np.unpackbits(theirs, count=flat.size), bits)
 
     # ------------------------------------------------------------------ products
-    def beaver(self, op: str, x: np.ndarray, y: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
-        """Shares of op(x, y) for op in {'mul', 'matmul', 'and'} ('and' on XOR-shared words)."""
-        if op == "matmul":
-            return self._matmul(x, y, fixed_key)
-        fn, xor = (_and, True) if op == "and" else (_mul, False)
-        combine = np.bitwise_xor if xor else np.add
-        out_shape = np.broadcast_shapes(x.shape, y.shape)
-        a, a_parts = self._random_pair(x.shape)
-        b, b_parts = self._random_pair(y.shape)
-        if self.is_dealer:
-            a_full = a_parts[0] ^ a_parts[1] if xor else a_parts[0] + a_parts[1]
-            b_full = b_parts[0] ^ b_parts[1] if xor else b_parts[0] + b_parts[1]
-            self._dealt(out_shape, lambda: fn(a_full, b_full), xor=xor)
-            return np.zeros(out_shape, dtype=RING_DTYPE)
-        c = self._dealt(out_shape, None, xor=xor)
-        e, f = self.open([combine(x, a) if xor else x - a, combine(y, b) if xor else y - b], xor=xor)
-        return combine(combine(fn(e, y), fn(a, f)), c)
+    def mul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Shares of x * y (broadcasting) from a Beaver triple: one round, opens E and F."""
+        a, b, c = self.corr.mul_triple(x.shape, y.shape, np.broadcast_shapes(x.shape, y.shape))
+        e, f = self.open([x - a, y - b], "open(x-a,y-b)")
+        return e * y + a * f + c
 
     def square(self, x: np.ndarray) -> np.ndarray:
         """x^2 from a dealt pair (a, a^2): open only E = x - a; z_i = E x_i + a_i E + c_i."""
-        a, a_parts = self._random_pair(x.shape)
-        if self.is_dealer:
-            a_full = a_parts[0] + a_parts[1]
-            self._dealt(x.shape, lambda: a_full * a_full)
-            return np.zeros(x.shape, dtype=RING_DTYPE)
-        c = self._dealt(x.shape, None)
-        (e,) = self.open([x - a])
+        a, c = self.corr.square_pair(x.shape)
+        (e,) = self.open([x - a], "open(x-a)")
         return e * x + a * e + c
 
-    def _matmul(self, x: np.ndarray, y: np.ndarray, fixed_key: str | None) -> np.ndarray:
+    def matmul(self, x: np.ndarray, y: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
+        """x @ y; a fixed right operand (``fixed_key``) opens F = y - B_key once and then only E."""
         out_shape = (*np.broadcast_shapes(x.shape[:-2], y.shape[:-2]), x.shape[-2], y.shape[-1])
-        a, a_parts = self._random_pair(x.shape)
-        if fixed_key is not None:
-            f, b_full = self._fixed_operand(fixed_key, y)
+        if fixed_key is None:
+            a, b, c = self.corr.matmul_triple(x.shape, y.shape, out_shape)
+            e, f = self.open([x - a, y - b], "open(x-a,y-b)")
         else:
-            b, b_parts = self._random_pair(y.shape)
-        if self.is_dealer:
-            a_full = a_parts[0] + a_parts[1]
-            if fixed_key is None:
-                b_full = b_parts[0] + b_parts[1]
-            self._dealt(out_shape, lambda: ring_matmul(a_full, b_full))
-            return np.zeros(out_shape, dtype=RING_DTYPE)
-        c = self._dealt(out_shape, None)
-        if fixed_key is not None:
-            (e,) = self.open([x - a])
-        else:
-            e, f = self.open([x - a, y - b])
+            if fixed_key in self._fixed and self._fixed[fixed_key].shape != y.shape:
+                raise ValueError(
+                    f"fixed operand {fixed_key!r} was registered with shape {self._fixed[fixed_key].shape}, "
+                    f"got {y.shape}"
+                )
+            a, b, c = self.corr.fixed_matmul_triple(x.shape, fixed_key, y.shape, out_shape)
+            if b is not None:  # first use of the key: open its mask once
+                (self._fixed[fixed_key],) = self.open([y - b], "open(w-b)")
+            f = self._fixed[fixed_key]
+            (e,) = self.open([x - a], "open(x-a)")
         return ring_matmul(e, y) + ring_matmul(a, f) + c
 
-    def _fixed_operand(self, key: str, y: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(opened F = y - b, None) at a party, (None, b) at the dealer: a fixed right operand's mask,
-        drawn and opened once per key and reused by every later product with it."""
-        if self.is_dealer:
-            if key not in self._dealer_fixed:
-                _, (p0, p1) = self._random_pair(y.shape)
-                self._dealer_fixed[key] = p0 + p1
-            return None, self._dealer_fixed[key]
-        if key not in self._fixed:
-            b, _ = self._random_pair(y.shape)
-            (f,) = self.open([y - b])
-            self._fixed[key] = f
-        f = self._fixed[key]
-        if f.shape != y.shape:
-            raise ValueError(f"fixed operand {key!r} was registered with shape {f.shape}, got {y.shape}")
-        return f, None
-
     # ------------------------------------------------------------------ truncation
-    def truncate(self, x: np.ndarray, bits: int) -> np.ndarray:
-        """x / 2^bits in the mode the fixed-point parameters choose (see FixedPoint.truncation)."""
-        if self.ctx.fp.truncation == "exact":
-            return self.truncate_exact(x, bits)
-        if self.is_dealer:
-            return x
+    def truncate_local(self, x: np.ndarray, bits: int) -> np.ndarray:
+        """Probabilistic truncation, no communication (see the module docstring for its error)."""
         return truncate_share(x, bits, self.role)
 
     def truncate_exact(self, x: np.ndarray, bits: int) -> np.ndarray:
@@ -202,18 +181,12 @@ class TwoPartyCore:
         knows.  P0 finally adds 1 - 2^(62 - k).  With rho = x mod 2^k the result is x / 2^k + 1 - c - rho 2^-k
         where P[c = 0] = rho / 2^k (rho = 0 gives x / 2^k exactly): strictly within one unit and unbiased.
         """
-        shape = x.shape
-        if self.is_dealer:
-            a = self.ctx.prg_with(self.p0).bits(shape)
-            b = self.ctx.prg_with(self.p1).bits(shape)
-            self._dealt(shape, lambda: a * b)
-            return np.zeros(shape, dtype=RING_DTYPE)
-        own_mask = self.ctx.prg_with(self.dealer).bits(shape)
-        ab = self._dealt(shape, None)
+        own_mask, ab = self.corr.trunc_pair(x.shape)
         shifted = x + np.uint64((1 << EXACT_TRUNC_BITS) - 1) if self.role == 0 else x
         top = shifted >> np.uint64(63)
-        (theirs,) = self.open_bits([top ^ own_mask])
         mine = top ^ own_mask
+        (theirs,) = self.swap_bits([mine], "open(top^r)")
+        theirs = theirs.astype(RING_DTYPE)
         e, f = (mine, theirs) if self.role == 0 else (theirs, mine)
         one = np.ones_like(e)
         sign_e, sign_f = one - (e << _ONE), one - (f << _ONE)
@@ -227,33 +200,14 @@ class TwoPartyCore:
             out += ring_scalar(1 - (1 << (EXACT_TRUNC_BITS - bits)))
         return out
 
-    def open_bits(self, bits: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Send this party's bits (0/1 words) packed eight to a byte; return the other party's bits."""
-        flat = np.concatenate([np.ravel(b) for b in bits]).astype(np.uint8)
-        packed = np.packbits(flat)
-        theirs = self.ctx.exchange({self.other: packed}, {self.other: (packed.shape, np.uint8)})[self.other]
-        unpacked = np.unpackbits(theirs, count=flat.size).astype(RING_DTYPE)
-        out, start = [], 0
-        for b in bits:
-            out.append(unpacked[start : start + b.size].reshape(b.shape))
-            start += b.size
-        return out
-
     # ------------------------------------------------------------------ bits
     def bit_to_arith(self, bit: np.ndarray) -> np.ndarray:
         """XOR-shared bits (0/1 in uint64) to additive shares of the same bits, one round.
 
         The dealer deals r both ways; open c = b ^ r (one byte per element); b = c + r - 2 c r.
         """
-        shape = bit.shape
-        r_bool, r_parts = self._random_pair(shape)
-        r_bool = r_bool & _ONE
-        if self.is_dealer:
-            r_full = (r_parts[0] ^ r_parts[1]) & _ONE
-            self._dealt(shape, lambda: r_full)
-            return np.zeros(shape, dtype=RING_DTYPE)
-        r_arith = self._dealt(shape, None)
-        (c,) = self.open([(bit ^ r_bool).astype(np.uint8)], xor=True)
+        r_bool, r_arith = self.corr.bit_pair(bit.shape)
+        (c,) = self.open([(bit ^ r_bool).astype(np.uint8)], "open(b^r)", xor=True)
         c = c.astype(RING_DTYPE)
         own_c = c if self.role == 0 else np.zeros_like(c)
         return own_c + r_arith - (c << _ONE) * r_arith
@@ -273,18 +227,15 @@ class TwoPartyCore:
         [x < 0] except that x in [0, 2^low_bit) may read as negative.  A comparison whose operands are known
         to be close (a softmax row) then needs sign_bit - low_bit bits of carry instead of 63.
         """
-        if not 0 <= low_bit < sign_bit <= 63:
-            raise ValueError(f"msb window needs 0 <= low_bit < sign_bit <= 63, got ({low_bit}, {sign_bit})")
+        _check_window(low_bit, sign_bit)
         positions = _BIT_POSITIONS[low_bit:sign_bit]
         own = ((x[None, ...] >> positions.reshape((-1,) + (1,) * x.ndim)) & _ONE).astype(np.uint8)
         zero = np.zeros_like(own)
         left, right = (own, zero) if self.role == 0 else (zero, own)
-        if self.is_dealer:
-            left = right = zero
         propagate = left ^ right
         (generate,) = self.and_bits([left], [right])
         g, p = generate, propagate
-        while g.shape[0] > 1:
+        while g.shape[0] > 1:  # the rounds of carry_tree_levels
             blocks = g.shape[0]
             pairs = blocks // 2
             g_lo, g_hi = g[0 : 2 * pairs : 2], g[1 : 2 * pairs : 2]
@@ -299,92 +250,44 @@ class TwoPartyCore:
                 g_merged = np.concatenate([g_merged, g[-1:]])
                 p_merged = np.concatenate([p_merged, p[-1:]])
             g, p = g_merged, p_merged
-        top = (x >> np.uint64(sign_bit)) & _ONE
-        top = top.astype(np.uint8) if not self.is_dealer else np.zeros(x.shape, np.uint8)
+        top = ((x >> np.uint64(sign_bit)) & _ONE).astype(np.uint8)
         sign = (top ^ g[0]).astype(RING_DTYPE)
         return self.bit_to_arith(sign)
 
     def and_bits(self, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Several AND gates on XOR-shared bits (uint8 0/1 arrays) in one round; bits travel packed.
 
-        Beaver on bits: the dealer deals a, b, c = a & b (P0's from its seed, P1's a, b from its seed and
-        c as a packed correction); the parties open e = x ^ a, f = y ^ b and set z = e y ^ a f ^ c.
+        Beaver on bits: with a dealt triple (a, b, c = a & b) the parties open e = x ^ a, f = y ^ b and
+        set z = e y ^ a f ^ c.
         """
-        shapes = [x.shape for x in xs]
-        x = np.concatenate([v.ravel() for v in xs])
-        y = np.concatenate([v.ravel() for v in ys])
-        n = x.size
-        nbytes = -(-n // 8)
-
-        def draw(peer: int) -> np.ndarray:
-            return np.unpackbits(
-                np.frombuffer(self.ctx.prg_with(peer).random_bytes(nbytes), np.uint8), count=n
-            )
-
-        if self.is_dealer:
-            a0, b0, c0 = draw(self.p0), draw(self.p0), draw(self.p0)
-            a1, b1 = draw(self.p1), draw(self.p1)
-            c1 = ((a0 ^ a1) & (b0 ^ b1)) ^ c0
-            self.ctx.send(self.p1, np.packbits(c1))
-            out = np.zeros(n, dtype=np.uint8)
-        else:
-            a, b = draw(self.dealer), draw(self.dealer)
-            if self.role == 0:
-                c = draw(self.dealer)
-            else:
-                c = np.unpackbits(self.ctx.recv(self.dealer, (nbytes,), np.uint8), count=n)
-            mine = np.packbits(np.concatenate([x ^ a, y ^ b]))
-            theirs = self.ctx.exchange({self.other: mine}, {self.other: (mine.shape, np.uint8)})[self.other]
-            opened = np.unpackbits(theirs, count=2 * n) ^ np.unpackbits(mine, count=2 * n)
-            e, f = opened[:n], opened[n:]
-            out = (e & y) ^ (a & f) ^ c
-        result, start = [], 0
-        for shape in shapes:
-            size = int(np.prod(shape, dtype=np.int64))
-            result.append(out[start : start + size].reshape(shape))
-            start += size
-        return result
+        x, y = flatten(xs), flatten(ys)
+        a, b, c = self.corr.and_triple(x.size)
+        mine = [x ^ a, y ^ b]
+        theirs = self.swap_bits(mine, "open(x^a,y^b)")
+        e, f = (m ^ t for m, t in zip(mine, theirs, strict=True))
+        return split_back((e & y) ^ (a & f) ^ c, xs)
 
     # ------------------------------------------------------------------ trig
     def _trig_chunks(self, x: np.ndarray, period_bits: int, ks: np.ndarray, frac_bits: int):
-        """Open delta = (x + t) mod 2^period_bits (one round), then deal [cos kt; sin kt] chunk by chunk.
+        """Open delta = (x + t) mod 2^period_bits (one round), then take the dealt [cos kt; sin kt] chunk by
+        chunk.
 
         Yields (slice of the flattened x, this party's table shares (2K, chunk), public base angles
-        2 pi delta / 2^period_bits of the chunk); the dealer yields (slice, None, None) after dealing each
-        chunk.  Chunks of TABLE_CHUNK elements bound the memory of the tables (2K words per element):
-        the dealer's messages are offline, so chunking costs no rounds.
+        2 pi delta / 2^period_bits of the chunk).  Chunks of TABLE_CHUNK elements bound the memory of the
+        tables (2K words per element): the dealer's messages are offline, so chunking costs no rounds.
         """
-        if not 1 <= period_bits <= 63:
-            raise ValueError("period_bits must be in [1, 63]")
+        _check_period(period_bits)
         mask = np.uint64((1 << period_bits) - 1)
         flat = x.reshape(-1)
-        size, count = flat.size, len(ks)
-        t, t_parts = self._random_pair(flat.shape)
-        t = t & mask
-        to_angle = 2 * np.pi / 2.0**period_bits
-        if self.is_dealer:
-            base = to_angle * ((t_parts[0] + t_parts[1]) & mask).astype(np.float64)
-        else:
-            wire = np.uint32 if period_bits <= 32 else RING_DTYPE
-            (delta,) = self.open([((flat + t) & mask).astype(wire)])
-            base = to_angle * (delta.astype(RING_DTYPE) & mask).astype(np.float64)
-        scale = float(1 << frac_bits)
-        for start in range(0, max(size, 1), TABLE_CHUNK):
-            part = slice(start, min(size, start + TABLE_CHUNK))
-            angles = base[part]
-            shape = (2 * count, angles.size)
-            if self.is_dealer:
-
-                def tables(angles: np.ndarray = angles, shape: tuple[int, int] = shape) -> np.ndarray:
-                    out = np.empty(shape, dtype=RING_DTYPE)
-                    for i, phase in enumerate(harmonic_phases(angles, ks)):
-                        out[i], out[count + i] = _encode(phase.real, scale), _encode(phase.imag, scale)
-                    return out
-
-                self._dealt(shape, tables)
-                yield part, None, None
-            else:
-                yield part, self._dealt(shape, None), angles
+        t, tables = self.corr.trig_pair(flat.size, period_bits, ks, frac_bits, TABLE_CHUNK)
+        wire = np.uint32 if period_bits <= 32 else RING_DTYPE
+        (delta,) = self.open([((flat + t) & mask).astype(wire)], "open(x+t)")
+        base = (2 * np.pi / 2.0**period_bits) * (delta.astype(RING_DTYPE) & mask).astype(np.float64)
+        start = 0
+        for table in tables:
+            part = slice(start, start + table.shape[1])
+            start = part.stop
+            yield part, table, base[part]
 
     def trig(self, x: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int):
         """cos and sin of 2 pi k x / 2^period_bits for each k (see Suite.trig): two rounds."""
@@ -393,10 +296,8 @@ class TwoPartyCore:
         scale = float(1 << frac_bits)
         raw = np.zeros((2, count, x.size), dtype=RING_DTYPE)
         for part, table, theta in self._trig_chunks(x, period_bits, ks, frac_bits):
-            if table is None:
-                continue
             for i, phase in enumerate(harmonic_phases(theta, ks)):
-                cos_d, sin_d = _encode(phase.real, scale), _encode(phase.imag, scale)
+                cos_d, sin_d = encode_public(phase.real, scale), encode_public(phase.imag, scale)
                 cos_t, sin_t = table[i], table[count + i]
                 # cos k(d - t) = cos kd cos kt + sin kd sin kt;  sin k(d - t) = sin kd cos kt - cos kd sin kt
                 raw[0, i, part] = cos_d * cos_t + sin_d * sin_t
@@ -425,40 +326,89 @@ class TwoPartyCore:
         """
         ks = np.asarray(list(harmonics), dtype=np.float64)
         count = len(ks)
-        extra_bits = SERIES_BITS if self.ctx.fp.truncation == "exact" else frac_bits
+        extra_bits = self.series_bits or frac_bits
         scale = float(1 << extra_bits)
         raw = np.zeros(x.size, dtype=RING_DTYPE)
         for part, table, theta in self._trig_chunks(x, period_bits, ks, frac_bits):
-            if table is None:
-                continue
             for i, phase in enumerate(harmonic_phases(theta, ks)):
                 a, b = float(cos_coeffs[i]), float(sin_coeffs[i])
-                p = _encode(a * phase.real + b * phase.imag, scale)
-                q = _encode(a * phase.imag - b * phase.real, scale)
+                p = encode_public(a * phase.real + b * phase.imag, scale)
+                q = encode_public(a * phase.imag - b * phase.real, scale)
                 raw[part] += p * table[i] + q * table[count + i]
         raw = raw.reshape(x.shape)
         for share, weight in linear:
-            raw = raw + share * _encode(np.asarray(weight), scale)
+            raw = raw + share * encode_public(np.asarray(weight), scale)
         return self.truncate(raw, extra_bits)
 
 
-def harmonic_phases(base: np.ndarray, ks: np.ndarray):
-    """Yield exp(i k base) for each k in ``ks`` (in order), one array at a time.
+class TwoPartyDealer:
+    """The dealer's side of :class:`TwoPartyCore`: the same kernels, dealing their correlations in the
+    same order and returning zero placeholders of the outputs' shapes (the dealer holds no shares)."""
 
-    Successive harmonics come from the previous one times exp(i (k_j - k_{j-1}) base), one complex
-    product instead of a cos and a sin per harmonic; the relative error grows by about 1e-16 per step.
-    """
-    steps: dict[float, np.ndarray] = {}
-    phase = np.exp(1j * ks[0] * base)
-    yield phase
-    for previous, k in itertools.pairwise(ks):
-        gap = float(k - previous)
-        if gap not in steps:
-            steps[gap] = np.exp(1j * gap * base)
-        phase = phase * steps[gap]
-        yield phase
+    def __init__(self, ctx: Context, corr: Correlations, exact_truncation: bool) -> None:
+        self.ctx = ctx
+        self.corr = corr
+        self.truncate = self.truncate_exact if exact_truncation else self.truncate_local
+        self.series_bits = SERIES_BITS if exact_truncation else None
+
+    def open(self, shares: Sequence[np.ndarray], label: str = "open", xor: bool = False) -> list[np.ndarray]:
+        """The dealer takes no part in an opening: zeros."""
+        return [np.zeros_like(s) for s in shares]
+
+    def mul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out_shape = np.broadcast_shapes(x.shape, y.shape)
+        self.corr.mul_triple(x.shape, y.shape, out_shape)
+        return np.zeros(out_shape, dtype=RING_DTYPE)
+
+    def square(self, x: np.ndarray) -> np.ndarray:
+        self.corr.square_pair(x.shape)
+        return np.zeros(x.shape, dtype=RING_DTYPE)
+
+    def matmul(self, x: np.ndarray, y: np.ndarray, fixed_key: str | None = None) -> np.ndarray:
+        out_shape = (*np.broadcast_shapes(x.shape[:-2], y.shape[:-2]), x.shape[-2], y.shape[-1])
+        if fixed_key is None:
+            self.corr.matmul_triple(x.shape, y.shape, out_shape)
+        else:
+            self.corr.fixed_matmul_triple(x.shape, fixed_key, y.shape, out_shape)
+        return np.zeros(out_shape, dtype=RING_DTYPE)
+
+    def truncate_local(self, x: np.ndarray, bits: int) -> np.ndarray:
+        return x
+
+    def truncate_exact(self, x: np.ndarray, bits: int) -> np.ndarray:
+        self.corr.trunc_pair(x.shape)
+        return np.zeros(x.shape, dtype=RING_DTYPE)
+
+    def bit_to_arith(self, bit: np.ndarray) -> np.ndarray:
+        self.corr.bit_pair(bit.shape)
+        return np.zeros(bit.shape, dtype=RING_DTYPE)
+
+    def msb(self, x: np.ndarray, low_bit: int = 0, sign_bit: int = 63) -> np.ndarray:
+        _check_window(low_bit, sign_bit)
+        for gates in carry_tree_levels(sign_bit - low_bit):
+            self.corr.and_triple(gates * x.size)
+        return self.bit_to_arith(np.zeros(x.shape, dtype=RING_DTYPE))
+
+    def trig(self, x: np.ndarray, period_bits: int, harmonics: Sequence[int], frac_bits: int):
+        ks = np.asarray(list(harmonics), dtype=np.float64)
+        _check_period(period_bits)
+        self.corr.trig_pair(x.size, period_bits, ks, frac_bits, TABLE_CHUNK)
+        both = self.truncate(np.zeros((2, len(ks), x.size), dtype=RING_DTYPE), frac_bits)
+        both = both.reshape((2, len(ks), *x.shape))
+        return list(both[0]), list(both[1])
+
+    def fourier(self, x, period_bits, harmonics, cos_coeffs, sin_coeffs, frac_bits, linear=()):
+        ks = np.asarray(list(harmonics), dtype=np.float64)
+        _check_period(period_bits)
+        self.corr.trig_pair(x.size, period_bits, ks, frac_bits, TABLE_CHUNK)
+        return self.truncate(np.zeros(x.shape, dtype=RING_DTYPE), self.series_bits or frac_bits)
 
 
-def _encode(values: np.ndarray, scale: float) -> np.ndarray:
-    """Public floats as ring elements with the given scale (round to nearest)."""
-    return np.rint(values * scale).astype(np.int64).view(RING_DTYPE)
+def _check_window(low_bit: int, sign_bit: int) -> None:
+    if not 0 <= low_bit < sign_bit <= 63:
+        raise ValueError(f"msb window needs 0 <= low_bit < sign_bit <= 63, got ({low_bit}, {sign_bit})")
+
+
+def _check_period(period_bits: int) -> None:
+    if not 1 <= period_bits <= 63:
+        raise ValueError("period_bits must be in [1, 63]")
