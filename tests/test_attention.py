@@ -215,3 +215,23 @@ def test_precise_reciprocal_keeps_small_results_accurate():
         fine = run_parties(suite, lambda c, xs: program(c, xs, True), x)[0]
         assert np.abs(fine / 2.5 - 1).max() < 5e-4
         assert np.abs(coarse / 2.5 - 1)[-1] > 5 * np.abs(fine / 2.5 - 1)[-1]
+
+
+def test_the_rfa_speed_target_counts_only_where_its_fidelity_holds():
+    from bench.targets import _rfa_saving
+
+    attention = [
+        {"attention": "softmax", "seq_len": 512, "seconds": 10.0, "bytes": 1000},
+        {"attention": "rfa", "seq_len": 512, "seconds": 1.0, "bytes": 100},
+    ]
+    fast = {"attention": attention}
+    assert _rfa_saving(fast)[1] is False  # fast, but fidelity never measured
+    forward_bad = [{"attention": "rfa", "max_abs_err": 3e9}]
+    forward_ok = [{"attention": "rfa", "max_abs_err": 2e-3}]
+    holds = [{"mode": "rfa", "holds": True}]
+    assert _rfa_saving({**fast, "forward": forward_bad, "adaptation": holds})[1] is False
+    assert _rfa_saving({**fast, "forward": forward_ok})[1] is False
+    poor = [{"mode": "rfa", "holds": False}]
+    assert _rfa_saving({**fast, "forward": forward_ok, "adaptation": poor})[1] is False
+    text, met = _rfa_saving({**fast, "forward": forward_ok, "adaptation": holds})
+    assert met is True and "10.0x fewer bytes" in text

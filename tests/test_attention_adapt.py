@@ -188,7 +188,7 @@ def test_secp_tune_refuses_unknown_fidelity_unless_asked(adapted, capsys):
 
     ckpt, folders = adapted
     check_attention_fidelity(str(ckpt), "softmax", accept=False)
-    with pytest.raises(DataOwnerError, match="fidelity is unknown.*--accept-low-fidelity"):
+    with pytest.raises(DataOwnerError, match=r"fidelity is unknown.*--accept-low-fidelity"):
         check_attention_fidelity(str(ckpt), "rfa", accept=False)
     check_attention_fidelity(str(ckpt), "rfa", accept=True)
     assert "running anyway" in capsys.readouterr().err
