@@ -101,13 +101,13 @@ class RangeRecorder(PlainBackend):
         self._note("exp arguments", x)
         return super().exp(x, lower)
 
-    def reciprocal(self, x, lo, hi):
+    def reciprocal(self, x, lo, hi, precise=False):
         self._note("reciprocal inputs", x)
-        return super().reciprocal(x, lo, hi)
+        return super().reciprocal(x, lo, hi, precise)
 
-    def rsqrt(self, x):
+    def rsqrt(self, x, lo=None, hi=None):
         self._note("rsqrt inputs", x)
-        return super().rsqrt(x)
+        return super().rsqrt(x, lo, hi)
 
     def floor_at(self, x, floor):
         self._note("attention denominators", x)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mpc_core.nn.adapted import AdaptationRecord
 from mpc_core.nn.config import EncoderConfig
 from mpc_core.nn.llama_config import DecoderConfig
 from mpc_core.nn.weights import CheckpointError, is_matrix_weight
@@ -107,6 +108,9 @@ class ShareManifest(BaseModel):
     party_files: list[PartyFile]
     public: PublicFiles
     source: str = ""
+    #: The attention mode the model owner adapted the checkpoint to, and its measured fidelity (None: a
+    #: plain softmax checkpoint; random-feature modes are then of unknown fidelity).
+    attention: AdaptationRecord | None = None
 
     def party_file(self, party: int) -> PartyFile:
         for pf in self.party_files:

@@ -207,6 +207,11 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
 @recipe_option("attention", "--attention", type=click.Choice(["softmax", "rfa", "favor"]))
 @recipe_option("features", "--features", type=int)
 @click.option(
+    "--accept-low-fidelity",
+    is_flag=True,
+    help="run an attention mode whose recorded fidelity on this checkpoint is poor or unknown",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
@@ -216,7 +221,9 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
 @click.option("--quiet", is_flag=True, help="no progress display")
 @handle_errors
-def run(out: Path, config_file: Path | None, as_json: bool, quiet: bool, **options: Any) -> None:
+def run(
+    out: Path, config_file: Path | None, as_json: bool, quiet: bool, accept_low_fidelity: bool, **options: Any
+) -> None:
     """Start a tuning run in a new run folder OUT.
 
     Progress goes to stderr: a live bar on a terminal, one line per generation otherwise (logs). Scores are
@@ -225,8 +232,27 @@ def run(out: Path, config_file: Path | None, as_json: bool, quiet: bool, **optio
     from data_owner.tuner import Tuner
 
     config = build_config(config_file, given_options(options))
+    check_attention_fidelity(config.model, config.attention, accept_low_fidelity)
     result = run_with_progress(lambda cb: Tuner.start(config, out, on_progress=cb), quiet)
     emit(result, as_json, f"run {out}")
+
+
+def check_attention_fidelity(model: str, attention: str, accept: bool) -> None:
+    """Say before anything starts when the attention mode's fidelity on the checkpoint is poor or unknown
+    (the model owner's adaptation record, docs/fidelity.md); refuse unless ``accept``."""
+    from mpc_core.nn.adapted import fidelity_problem, read_record
+
+    try:
+        problem = fidelity_problem(read_record(model), attention)
+    except ValueError as exc:
+        raise DataOwnerError(f"the adaptation record of {model} is unreadable: {exc}") from exc
+    if problem is None:
+        return
+    if not accept:
+        raise DataOwnerError(f"{problem}. Pass --accept-low-fidelity to run it anyway")
+    _err_console().print(
+        f"[yellow]warning:[/yellow] {problem}; running anyway (--accept-low-fidelity)", highlight=False
+    )
 
 
 def build_config(config_file: Path | None, options: dict[str, Any]):

@@ -146,9 +146,9 @@ def build_oracle(config: RunConfig, task: TaskSpec, head: Head, model: PublicMod
     words = verbalizer_ids(tok, task.words) if head == "mlm" else None
     if config.backend == "plain":
         from data_owner.backends.plain import PlainOracle
-        from mpc_core.nn import AttentionConfig
+        from mpc_core.nn.adapted import attention_for, read_record
 
-        attention = AttentionConfig(mode=config.attention, features=config.features)
+        attention = attention_for(config.attention, config.features, read_record(config.model))
         return PlainOracle(
             model, head, anchors=anchors, word_ids=words, scale=config.similarity_scale, attention=attention
         )

@@ -38,6 +38,7 @@ from contract.manifest import (
     sha256_file,
 )
 from model_owner.checkpoints import ModelConfig, is_gguf, model_shapes, read_checkpoint
+from mpc_core.nn.adapted import read_record
 from mpc_core.nn.llama_weights import gguf_to_folder
 from mpc_core.nn.weights import (
     CheckpointError,
@@ -174,7 +175,7 @@ def _share_folder(
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, pub / name)
                 copied.append(name)
-        shapes = {name: list(shape) for name, shape in _secret_shapes(cfg).items()}
+        shapes = {name: list(value.shape) for name, value in secret.items()}
         manifest = ShareManifest(
             arch=cfg.arch,
             config=cfg,
@@ -184,6 +185,7 @@ def _share_folder(
             party_files=party_files,
             public=PublicFiles(files=copied),
             source=source or model_dir.resolve().name,
+            attention=read_record(model_dir),
         )
         manifest.write(tmp)
         if out.is_dir():

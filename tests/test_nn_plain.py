@@ -263,7 +263,7 @@ def test_rfa_is_the_papers_estimator():
     """The rewrites (query factor dropped, key factor shifted) leave the paper's estimate unchanged."""
     rng = np.random.default_rng(11)
     q, k, v, mask = _qkv(rng)
-    cfg = AttentionConfig(mode="rfa", features=32, seed=3, denominator_floor=1e-300)
+    cfg = AttentionConfig(mode="rfa", features=32, seed=3, relative_floor=1e-300)
     d = q.shape[-1]
     w = gaussian_features(cfg, 0, d)
     ours = rfa_attention(PlainBackend({}), cfg, 0, q, k, v, mask)

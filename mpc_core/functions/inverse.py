@@ -65,8 +65,14 @@ def reciprocal(
     lo: float = RECIPROCAL_DOMAIN[0],
     hi: float = RECIPROCAL_DOMAIN[1],
     iterations: int = RECIPROCAL_ITERATIONS,
+    precise: bool = False,
 ) -> SharedTensor:
-    """1/x for x in [lo, hi]: |error| <= 1.53e-4 / x + 1 ulp with 3 iterations (module docstring)."""
+    """1/x for x in [lo, hi]: |error| <= 1.53e-4 / x + 1 ulp with 3 iterations (module docstring).
+
+    ``precise`` returns the result with the working precision's fractional bits (up to 28) instead of f:
+    the ulp of 1/x then shrinks from 2^-f to 2^-28, which matters for large x (1/x = 2^-8 has only 256
+    ulp at f = 16).  The caller's next product truncates it back to f bits (SharedTensor tracks the scale).
+    """
     with x.ctx.op("reciprocal"):
         f = x.ctx.fp.frac_bits
         edges = octave_edges(lo, hi, f)
@@ -77,7 +83,8 @@ def reciprocal(
         e = 1 - mul_at(x, f, y, s, s)
         for _ in range(iterations - 1):
             y, e = split(mul_at(SharedTensor.stack([y, e]), s, SharedTensor.stack([1 + e, e]), s, s))
-        return reinterpret(mul_at(y, s, 1 + e, s, f), f)
+        out = s if precise else f
+        return reinterpret(mul_at(y, s, 1 + e, s, out), out)
 
 
 def rsqrt(

@@ -116,12 +116,16 @@ class Backend(ABC):
         """log x for x in the stated domain [lo, hi] (the secure version is only right there)."""
 
     @abstractmethod
-    def reciprocal(self, x: Value, lo: float, hi: float) -> Value:
-        """1 / x for x in the stated domain [lo, hi], 0 < lo."""
+    def reciprocal(self, x: Value, lo: float, hi: float, precise: bool = False) -> Value:
+        """1 / x for x in the stated domain [lo, hi], 0 < lo.
+
+        ``precise``: the secure result keeps its working precision (finer than f bits) until the caller's
+        next product, for a 1/x that may be small (large x).
+        """
 
     @abstractmethod
-    def rsqrt(self, x: Value) -> Value:
-        """1 / sqrt(x) for x > 0."""
+    def rsqrt(self, x: Value, lo: float | None = None, hi: float | None = None) -> Value:
+        """1 / sqrt(x) for x > 0 (the secure version only in [lo, hi], default its RSQRT_DOMAIN)."""
 
     @abstractmethod
     def relu(self, x: Value) -> Value: ...
@@ -140,6 +144,15 @@ class Backend(ABC):
     def floor_at(self, x: Value, floor: float) -> Value:
         """max(x, floor) = relu(x - floor) + floor (exact identity)."""
         return self.relu(x - floor) + floor
+
+    def clamp(self, x: Value, lo: float, hi: float) -> Value:
+        """min(max(x, lo), hi): a domain guard, the same function in both backends.
+
+        Used where the plaintext value could leave a domain the secure function cannot serve: both
+        backends then compute the guarded function, so they still agree (and the guard's effect on the
+        plaintext model is measured like any other approximation).  Two comparisons per element.
+        """
+        return hi - self.relu(hi - self.floor_at(x, lo))
 
     # ------------------------------------------------------------------ joins
     @abstractmethod
@@ -179,11 +192,14 @@ class PlainBackend(Backend):
     def log(self, x, lo, hi):
         return np.log(x)
 
-    def reciprocal(self, x, lo, hi):
+    def reciprocal(self, x, lo, hi, precise=False):
         return 1.0 / x
 
-    def rsqrt(self, x):
+    def rsqrt(self, x, lo=None, hi=None):
         return 1.0 / np.sqrt(x)
+
+    def clamp(self, x, lo, hi):
+        return np.clip(x, lo, hi)
 
     def relu(self, x):
         return np.maximum(x, 0.0)
@@ -287,13 +303,15 @@ class SecureBackend(Backend):
         with self.ctx.op("log"):
             return self.fn.log(x, lo=lo, hi=hi)
 
-    def reciprocal(self, x, lo, hi):
+    def reciprocal(self, x, lo, hi, precise=False):
         with self.ctx.op("reciprocal"):
-            return self.fn.reciprocal(x, lo=lo, hi=hi)
+            return self.fn.reciprocal(x, lo=lo, hi=hi, precise=precise)
 
-    def rsqrt(self, x):
+    def rsqrt(self, x, lo=None, hi=None):
         with self.ctx.op("rsqrt"):
-            return self.fn.rsqrt(x)
+            if lo is None or hi is None:
+                return self.fn.rsqrt(x)
+            return self.fn.rsqrt(x, lo=lo, hi=hi)
 
     def relu(self, x):
         with self.ctx.op("relu"):

@@ -109,8 +109,20 @@ class AttentionConfig(BaseModel):
     * ``favor``: FAVOR+ positive features phi(x) = exp(W^T x - |x|^2/2) / sqrt(m) with ``features`` = m
       vectors made of m/2 orthogonal directions and their negatives (antithetic pairs).
     Both approximations are lossy on a model that was not trained with them (see docs/fidelity.md);
-    they are never chosen silently.  ``denominator_floor`` bounds the normaliser from below in both
-    random-feature modes (a denominator at or below zero has no meaningful reciprocal).
+    they are never chosen silently.
+
+    ``normalize`` selects the well-posed form the model owner adapts a checkpoint to
+    (``secp-adapt-model``): keys centred per sequence, queries and keys l2-normalised per head and
+    scaled by a per-head factor s (x = s q/|q|, y = s k/|k|, so exp(x.y) = exp(s^2 cos(q, k)) has the
+    bounded range [e^-s^2, e^s^2]).  s is the secret tensor ``layer.{i}.attn.scale`` [heads] when the
+    checkpoint has it, else the public ``scale``.
+
+    Denominator guards (the same in both backends, so that secure and plaintext compute one function):
+    ``rfa`` divides by max(den, ``relative_floor`` x n_keys), n_keys the public number of real keys;
+    every estimated kernel value is at most 1 in magnitude, so each output is at most
+    max_j |v_j| / ``relative_floor`` (a bound the downstream domains rely on).  ``favor`` features are
+    positive, so its output is a convex combination of the values whatever the floor;
+    ``denominator_floor`` only keeps its reciprocal away from zero.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -121,6 +133,9 @@ class AttentionConfig(BaseModel):
     orthogonal: bool = True
     center_keys: bool = True
     denominator_floor: float = Field(default=2.0**-12, gt=0)
+    relative_floor: float = Field(default=2.0**-3, gt=0, le=1)
+    normalize: bool = False
+    scale: float = Field(default=2.0, gt=0, le=8)
 
     @model_validator(mode="after")
     def _even_for_antithetic(self) -> AttentionConfig:

@@ -17,8 +17,15 @@ def _rng(cfg: AttentionConfig, layer: int) -> np.random.Generator:
 
 
 def gaussian_features(cfg: AttentionConfig, layer: int, head_dim: int) -> np.ndarray:
-    """W in R^{d x m}, i.i.d. N(0, 1) columns (the paper's RFA): E[cos(w.(x - y))] = exp(-|x - y|^2 / 2)."""
-    return _rng(cfg, layer).standard_normal((head_dim, cfg.features))
+    """W in R^{d x m}, N(0, I) columns (the paper's RFA): E[cos(w.(x - y))] = exp(-|x - y|^2 / 2).
+
+    Orthogonal within blocks of d when ``cfg.orthogonal`` (orthogonal random features, Yu et al. 2016):
+    each column is still N(0, I), so the estimate stays unbiased, and its variance is lower.
+    """
+    rng = _rng(cfg, layer)
+    if cfg.orthogonal:
+        return orthogonal_directions(rng, cfg.features, head_dim).T
+    return rng.standard_normal((head_dim, cfg.features))
 
 
 def orthogonal_directions(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:

@@ -72,6 +72,38 @@ def canonical_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def attention_scale_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """The per-head scales an adapted checkpoint adds (``secp-adapt-model``, AttentionConfig.normalize)."""
+    return {f"layer.{i}.attn.scale": (cfg.heads,) for i in range(cfg.layers)}
+
+
+def _adapted_tensors(folder: Path, cfg: EncoderConfig, expected: dict[str, tuple[int, ...]]):
+    """The learned tensors of an adapted checkpoint (canonical names), checked; {} for a plain one.
+
+    They either replace a canonical tensor (same shape) or are the per-head attention scales (all layers).
+    """
+    from mpc_core.nn.adapted import TENSORS_FILE
+
+    path = folder / TENSORS_FILE
+    if not path.is_file():
+        return {}
+    from safetensors.numpy import load_file
+
+    try:
+        extra = {k: np.asarray(v, dtype=np.float64) for k, v in load_file(str(path)).items()}
+    except Exception as exc:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({type(exc).__name__})") from None
+    scales = attention_scale_shapes(cfg)
+    allowed = {**expected, **scales}
+    for name, value in extra.items():
+        if name not in allowed or tuple(value.shape) != allowed[name]:
+            raise CheckpointError(f"{path} holds an unexpected tensor {name} {tuple(value.shape)}")
+    present = set(extra) & set(scales)
+    if present and present != set(scales):
+        raise CheckpointError(f"{path} holds attention scales for some layers only")
+    return extra
+
+
 def is_public(name: str) -> bool:
     return name.startswith(PUBLIC_PREFIX)
 
@@ -231,7 +263,9 @@ def load_checkpoint(folder: str | Path) -> tuple[EncoderConfig, dict[str, np.nda
             raise CheckpointError(
                 f"tensor {name} has shape {tensors[name].shape} in {folder}, config.json implies {shape}"
             )
-    return cfg, {name: tensors[name] for name in expected}
+    out = {name: tensors[name] for name in expected}
+    out.update(_adapted_tensors(folder, cfg, expected))
+    return cfg, out
 
 
 def split_public(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -260,6 +294,7 @@ def wrap_shares(ctx: Context, shares: Mapping[str, np.ndarray] | None, shapes: M
 __all__ = [
     "CheckpointError",
     "UnsupportedModelError",
+    "attention_scale_shapes",
     "canonical_shapes",
     "is_matrix_weight",
     "is_public",

@@ -144,7 +144,8 @@ class PromptTuning(Program):
         return {"losses": (p,)} if params.output == "losses" else {"logits": (p, n, classes)}
 
     def run(self, ctx, inputs, params: TuningParams, model, state):
-        from mpc_core.nn import AttentionConfig, MLMHead, SecureBackend, candidate_logits, candidate_losses
+        from mpc_core.nn import MLMHead, SecureBackend, candidate_logits, candidate_losses
+        from mpc_core.nn.adapted import attention_for, manifest_record
 
         cfg = state.get("config")
         if cfg is None:
@@ -152,7 +153,7 @@ class PromptTuning(Program):
         backend = state.get("backend")
         if backend is None:
             backend = state["backend"] = SecureBackend(ctx, model)
-        attn = AttentionConfig(mode=params.attention, features=params.features)
+        attn = attention_for(params.attention, params.features, manifest_record(model.loaded.manifest))
         examples, prompts = inputs[f"{params.split}.x"], inputs["prompts"]
         mask = padding_mask(params.lengths, examples.shape[1])
         positions = (

@@ -1,0 +1,225 @@
+"""The model owner's adaptation (secp-adapt-model), its record, and who reads it.
+
+On a tiny random checkpoint (fast; says nothing about accuracy): the torch mirror used for training is the
+reference code's function; the adapted folder loads with its learned tensors; the record goes into the
+manifest; the servers' and the plain oracle's attention is the recorded one; adapted modes match plaintext
+on shares in both suites; the data owner's check refuses poor or unknown fidelity unless told to go on.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers_models import make_tiny_model, random_batch
+from mpc_core.nn.embedding import PublicEmbeddings
+
+from contract.manifest import ShareManifest
+from model_owner.adapt import TorchEncoder, adapt_checkpoint, corpus_sentences
+from model_owner.share import share_model
+from mpc_core.nn.adapted import (
+    FIDELITY_MIN_COSINE,
+    AdaptationRecord,
+    AttentionFidelity,
+    attention_for,
+    fidelity_problem,
+    read_record,
+)
+from mpc_core.nn.backend import PlainBackend, SecureBackend
+from mpc_core.nn.batch import candidate_logits
+from mpc_core.nn.config import AttentionConfig
+from mpc_core.nn.encoder import encode
+from mpc_core.nn.heads import SimilarityHead
+from mpc_core.nn.weights import CheckpointError, load_checkpoint, load_party_shares
+from mpc_core.runtime import run_parties
+
+TOL = 1e-2
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """(original folder, rfa-adapted folder, favor-adapted folder) of a tiny BERT, a few steps each."""
+    root = tmp_path_factory.mktemp("adapt")
+    ckpt = make_tiny_model(root / "ckpt", "bert", mlm=False, seed=7)
+    out = {}
+    for mode in ("rfa", "favor"):
+        adapt_checkpoint(
+            ckpt, mode, root / mode, features=16, steps=3, batch=4, max_len=16, held_out=6, log=lambda _: None
+        )
+        out[mode] = root / mode
+    return ckpt, out
+
+
+def _batch(cfg, weights, seed=1):
+    ids, mask = random_batch(np.random.default_rng(seed), 3, 10, cfg.vocab, cfg.pad_token_id, 2, 3)
+    return PublicEmbeddings.from_tensors(cfg, weights)(ids), mask
+
+
+def test_corpus_is_prose_and_no_task_text():
+    sentences = corpus_sentences()
+    assert len(sentences) > 1000
+    assert all(">>>" not in s for s in sentences)
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    task_lines = set()
+    for f in data.glob("*/*.tsv"):
+        task_lines.update(line.split("\t", 1)[-1].strip() for line in f.read_text().splitlines())
+    assert not task_lines & set(sentences)
+
+
+@pytest.mark.parametrize("mode", ["rfa", "favor"])
+def test_the_adapted_folder_loads_with_its_learned_scales_and_record(adapted, mode):
+    ckpt, folders = adapted
+    cfg, weights = load_checkpoint(folders[mode])
+    _, original = load_checkpoint(ckpt)
+    scales = [weights[f"layer.{i}.attn.scale"] for i in range(cfg.layers)]
+    assert all(s.shape == (cfg.heads,) and np.all(s > 0) for s in scales)
+    assert set(weights) - set(original) == {f"layer.{i}.attn.scale" for i in range(cfg.layers)}
+    record = read_record(folders[mode])
+    assert record is not None and record.attention.mode == mode and record.attention.normalize
+    assert record.steps == 3 and record.threads == 2 and record.seconds > 0
+    assert "pydoc_data" in record.corpus
+    assert 0 <= record.fidelity.floored_denominators <= 1
+
+
+@pytest.mark.parametrize("mode", ["rfa", "favor"])
+def test_torch_mirror_is_the_reference_function(adapted, mode):
+    """The distillation trains the function the servers compute (float64, padding included)."""
+    import torch
+
+    _, folders = adapted
+    cfg, weights = load_checkpoint(folders[mode])
+    attn = read_record(folders[mode]).attention
+    x, mask = _batch(cfg, weights)
+    ref = encode(PlainBackend(weights), cfg, attn, x, mask)
+    mirror = TorchEncoder(cfg, weights, torch.float64)
+    got = mirror.forward(torch.tensor(x), torch.tensor(mask), attn)[-1].numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-9)
+
+
+def test_share_model_carries_the_record_into_the_manifest(adapted, tmp_path):
+    _, folders = adapted
+    share_model(folders["rfa"], "2pc", tmp_path / "shared")
+    manifest = ShareManifest.read(tmp_path / "shared")
+    assert manifest.attention == read_record(folders["rfa"])
+    assert read_record(tmp_path / "shared") == manifest.attention
+    assert "layer.0.attn.scale" in manifest.tensors
+
+
+def test_a_plain_checkpoint_has_no_record(adapted, tmp_path):
+    ckpt, _ = adapted
+    assert read_record(ckpt) is None
+    share_model(ckpt, "2pc", tmp_path / "shared")
+    assert ShareManifest.read(tmp_path / "shared").attention is None
+
+
+def test_a_corrupt_learned_tensor_file_is_refused(adapted, tmp_path):
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    _, folders = adapted
+    bad = tmp_path / "bad"
+    shutil.copytree(folders["rfa"], bad)
+    save_file({"layer.0.attn.scale": np.ones(3)}, str(bad / "secp_attention.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected tensor"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+@pytest.mark.parametrize("mode", ["rfa", "favor"])
+def test_adapted_modes_match_plaintext_on_shares(adapted, tmp_path, suite, mode):
+    _, folders = adapted
+    cfg, weights = load_checkpoint(folders[mode])
+    share_model(folders[mode], suite, tmp_path / "shared")
+    attn = attention_for(mode, 64, read_record(tmp_path / "shared"))
+    assert attn.normalize and attn.features == 16
+    x, mask = _batch(cfg, weights, seed=2)
+    prompts = np.random.default_rng(3).normal(scale=0.3, size=(2, 2, cfg.hidden))
+    anchors = np.random.default_rng(4).normal(size=(3, cfg.hidden))
+    head = SimilarityHead(anchors / np.linalg.norm(anchors, axis=-1, keepdims=True), scale=20.0)
+    ref = candidate_logits(PlainBackend(weights), cfg, attn, head, x, prompts, mask)
+
+    def program(ctx, xs, ps):
+        B = SecureBackend(ctx, load_party_shares(ctx, tmp_path / "shared"))
+        return candidate_logits(B, cfg, attn, head, xs, ps, mask).reveal()
+
+    got = run_parties(suite, program, x, prompts)[0]
+    assert np.abs(got - ref).max() <= TOL
+
+
+def _record(mode: str, cosine: float) -> AdaptationRecord:
+    fid = AttentionFidelity(
+        pooled_cosine_mean=cosine,
+        pooled_cosine_min=cosine,
+        hidden_relative_error=0.1,
+        floored_denominators=0.0,
+        sequences=4,
+    )
+    return AdaptationRecord(
+        attention=AttentionConfig(mode=mode, normalize=True),
+        fidelity=fid,
+        before=fid,
+        corpus="c",
+        trained=["attn.scale"],
+        steps=1,
+        seconds=1.0,
+        threads=2,
+    )
+
+
+def test_fidelity_policy():
+    assert fidelity_problem(None, "softmax") is None
+    assert "unknown" in fidelity_problem(None, "rfa")
+    assert "secp-adapt-model --attention rfa" in fidelity_problem(None, "rfa")
+    assert "adapted to 'favor'" in fidelity_problem(_record("favor", 0.99), "rfa")
+    assert "poor" in fidelity_problem(_record("rfa", FIDELITY_MIN_COSINE - 0.01), "rfa")
+    assert fidelity_problem(_record("rfa", FIDELITY_MIN_COSINE), "rfa") is None
+    # the run uses the recorded configuration for the adapted mode, the plain one otherwise
+    assert attention_for("rfa", 32, _record("rfa", 0.99)).normalize
+    assert attention_for("favor", 32, _record("rfa", 0.99)) == AttentionConfig(mode="favor", features=32)
+
+
+def test_secp_tune_refuses_unknown_fidelity_unless_asked(adapted, capsys):
+    from data_owner.cli import check_attention_fidelity
+    from data_owner.errors import DataOwnerError
+
+    ckpt, folders = adapted
+    check_attention_fidelity(str(ckpt), "softmax", accept=False)
+    with pytest.raises(DataOwnerError, match=r"fidelity is unknown.*--accept-low-fidelity"):
+        check_attention_fidelity(str(ckpt), "rfa", accept=False)
+    check_attention_fidelity(str(ckpt), "rfa", accept=True)
+    assert "running anyway" in capsys.readouterr().err
+    record = read_record(folders["rfa"])
+    if not record.fidelity.holds():  # a 3-step adaptation of a random tiny model may well not hold
+        with pytest.raises(DataOwnerError, match="poor"):
+            check_attention_fidelity(str(folders["rfa"]), "rfa", accept=False)
+    else:
+        check_attention_fidelity(str(folders["rfa"]), "rfa", accept=False)
+
+
+def test_secp_tune_cli_refuses_before_creating_the_run_folder(adapted, tmp_path):
+    from click.testing import CliRunner
+
+    from data_owner.cli import main
+
+    ckpt, _ = adapted
+    out = tmp_path / "run"
+    args = ["run", "--task", "sst2", "--model", str(ckpt), "--backend", "plain", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--attention", "rfa"])
+    assert result.exit_code == 2
+    assert "fidelity is unknown" in result.output
+    assert not out.exists()
+
+
+def test_secp_adapt_model_cli_errors(adapted, tmp_path, capsys):
+    from model_owner.adapt_cli import main
+
+    ckpt, folders = adapted
+    assert main(["--model", str(ckpt), "--attention", "rfa", "--out", str(folders["rfa"])]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "none"), "--attention", "rfa", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    json.dumps(read_record(folders["rfa"]).model_dump())  # the record is plain JSON
