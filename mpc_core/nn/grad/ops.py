@@ -97,9 +97,22 @@ class GradOps(ABC):
         """x * c for a public float c, with c's relative encoding error 2^-21 instead of 2^-17 / |c|."""
 
     @abstractmethod
+    def combine(self, terms: list[tuple[Value, float]]) -> Value:
+        """sum_i c_i x_i for public floats c_i, one truncation on shares (each c_i to 2^-21 relative)."""
+
+    @abstractmethod
     def transposed_weight(self, name: str) -> Value:
         """W^T of the layer weight ``name``; on shares marked fixed under the weight's own key + "^T", so a
         weight renamed after an update (SFT) never reuses a stale mask."""
+
+    @abstractmethod
+    def with_weights(self, weights: dict[str, Value]) -> GradOps:
+        """The same primitives on a backend of the same kind holding ``weights`` (after an update)."""
+
+    @abstractmethod
+    def mark_updated(self, name: str, value: Value, step: int) -> Value:
+        """An updated weight, marked (on shares) as a fixed operand under a key of its own step, so that no
+        product reuses the mask opened for the weight's previous value."""
 
     @abstractmethod
     def fused_weight(self, names: list[str]) -> Value:
@@ -122,8 +135,20 @@ class PlainGradOps(GradOps):
     def scale(self, x, c):
         return x * c
 
+    def combine(self, terms):
+        total = terms[0][0] * terms[0][1]
+        for x, c in terms[1:]:
+            total = total + x * c
+        return total
+
     def transposed_weight(self, name):
         return self.B.param(name).T
+
+    def with_weights(self, weights):
+        return PlainGradOps(PlainBackend(weights))
+
+    def mark_updated(self, name, value, step):
+        return value
 
     def fused_weight(self, names):
         return np.concatenate([self.B.param(f"{n}.weight") for n in names], axis=1)
@@ -156,9 +181,28 @@ class SecureGradOps(GradOps):
             return x * float(c)
         return (x * round(c * 2.0**exponent)).truncate(exponent)
 
+    def combine(self, terms):
+        largest = max(abs(c) for _, c in terms)
+        if largest == 0:
+            return terms[0][0] * 0
+        exponent = max(0, SCALE_BITS - math.ceil(math.log2(largest)))
+        total = None
+        for x, c in terms:
+            part = x * round(c * 2.0**exponent)
+            total = part if total is None else total + part
+        return total.truncate(exponent) if exponent else total
+
     def transposed_weight(self, name):
         w = self.B.param(name)
         return w.T.fixed(f"{w.fixed_key}^T") if w.fixed_key else w.T
+
+    def with_weights(self, weights):
+        return SecureGradOps(SecureBackend(self.B.ctx, weights))
+
+    def mark_updated(self, name, value, step):
+        from mpc_core.nn.weights import is_matrix_weight
+
+        return value.fixed(f"{name}@{step}") if is_matrix_weight(name, value.shape) else value
 
     def fused_weight(self, names):
         from mpc_core.tensor import SharedTensor
