@@ -12,8 +12,9 @@ g_P = a_0 + sum_{k odd} a_k cos(2 pi k x / P), so
 
 the sine series of the derivative of the same periodic extension, evaluated with one trig round (the
 forward's 18 odd harmonics, P = 64).  Domain |x| <= GELU_DOMAIN = 28 (the forward's).  Error: the float64
-model with coefficients on the 2^-16 grid is within 6.3e-4 of Phi(x) + x phi(x) on [-28, 28] (4e-5 on
-[-20, 20]; the extension's error grows near |x| = 28); the protocol adds at most 2.42 ulp sum|b_k| + 1 ulp
+model with coefficients on the 2^-16 grid is within 6.3e-4 of Phi(x) + x phi(x) on [-28, 28] (the series'
+truncation: 22 harmonics would give 5e-5 on |x| <= 24 and 5.2e-4 at the domain's edge, for 22/18 of the
+cost); the protocol adds at most 2.42 ulp sum|b_k| + 1 ulp
 = 6.9e-5 (sum|b_k| = 1.48): GELU_DERIVATIVE_BOUND = 7e-4 (tests/test_backward_functions.py).
 """
 
