@@ -17,16 +17,23 @@ half the nonlinear cost).  The two agree to a relative eps / sqrt(v^) (below 1e-
 and differ by at most a factor sqrt(2) where sqrt(v^) = eps.  All parameters are flattened into one vector
 so that the whole step is one rsqrt (one batched msb) whatever the number of tensors.
 
-Domain (public configuration, never checked on secrets): gradients are the loss-scaled ones of
-:mod:`mpc_core.nn.grad.model` (S g), so the rsqrt runs on [(S eps)^2, (S grad_max)^2 + (S eps)^2];
-``grad_max`` bounds |g| (unscaled) for every element and step, and (S eps)^2 >= 2^-10 is required so that
-the input's own 2^-16 resolution costs at most 0.8% relative on the rsqrt (smaller S eps is refused).
-Adam is invariant under the scale S when eps scales with it, so S eps is exactly torch's eps for S = 1.
+Domain and precision (public configuration, never checked on secrets): Adam is invariant under a scale
+of the gradients when eps scales with them, so it rescales the incoming (loss-scaled) gradients by a public
+power of two to its own working scale W = 2^round(log2((grad_max eps^2)^(-1/3))), which balances the two
+fixed-point limits of the step direction u = m^ rsqrt(v^ + eps^2) (|u| <= about 1):
 
-Error on shares (exact truncation): each moment update adds <= 1 ulp per step (one truncation for the
-public combination, coefficients to 2^-21 relative); rsqrt adds 1.6e-5 relative + 1 ulp (plus the input's
-resolution, 2^-16 / (2 (v^ + eps^2)) relative); the step lr m^ r is rounded once to 2^-16 absolute, so a
-learning rate below about 2^-10 needs more fractional bits than f = 16 (the update would lose 1.5% or more).
+* the rsqrt's output resolution: 2^-f absolute on y = rsqrt(.), i.e. up to 2^-f W grad_max on u for the
+  largest gradients, and
+* the rsqrt input's resolution: 2^-f on v^ + eps^2 >= (W eps)^2, i.e. 2^-(f+1) / (W eps)^2 relative;
+
+their sum is :attr:`Adam.precision` (0.24% for eps = 1e-3, grad_max = 1, f = 16; 1.1% for eps = 1e-4).
+A configuration whose precision is above PRECISION_LIMIT = 1e-2 is refused (with f = 16 the dynamic range
+grad_max / eps is limited to about 10^4).  The rsqrt runs on [(W eps)^2, (W grad_max)^2 + (W eps)^2]; a
+gradient above ``grad_max`` (unscaled, any element, any step) leaves that domain and is wrong silently.
+
+Error on shares (exact truncation): per step, |u - u_exact| <= precision + 1.6e-5 (rsqrt's Newton error)
++ 1 ulp per moment update; the step lr u is rounded once to 2^-16 absolute, so a learning rate below about
+2^-10 needs more fractional bits than f = 16 (the update would lose 1.5% or more).
 
 Cost per step and element: one square (g^2), one rsqrt on the whole vector (J comparisons in one msb,
 J = octaves of the domain, then 7 products), one product m^ r, three truncations for public combinations.
@@ -41,9 +48,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mpc_core.nn.backend import Backend, Value
 from mpc_core.nn.grad.ops import grad_ops
+from mpc_core.ring import DEFAULT_FRAC_BITS
 
-#: (S eps)^2 must be at least this, so the rsqrt input's 2^-16 resolution stays below 0.8% relative.
-MIN_EPS_SQUARED = 2.0**-10
+#: Largest accepted :attr:`Adam.precision` (the step direction's fixed-point error bound).
+PRECISION_LIMIT = 1e-2
 
 
 class AdamConfig(BaseModel):
@@ -54,23 +62,31 @@ class AdamConfig(BaseModel):
     lr: float = Field(gt=0)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.999, ge=0, lt=1)
-    eps: float = Field(default=1e-4, gt=0)
-    grad_max: float = Field(default=4.0, gt=0)
+    eps: float = Field(default=1e-3, gt=0)
+    grad_max: float = Field(default=1.0, gt=0)
 
 
 class Adam:
     """Adam over named tensors (shares or float64): :meth:`step` returns the updated tensors."""
 
     def __init__(self, B: Backend, config: AdamConfig, loss_scale: float = 1.0) -> None:
-        eps = config.eps * loss_scale
-        if eps * eps < MIN_EPS_SQUARED:
+        if not loss_scale > 0:
+            raise ValueError("the loss scale must be positive")
+        frac_bits = B.ctx.fp.frac_bits if hasattr(B, "ctx") else DEFAULT_FRAC_BITS
+        self.working_scale = 2.0 ** round(math.log2((config.grad_max * config.eps**2) ** (-1.0 / 3.0)))
+        eps2 = (config.eps * self.working_scale) ** 2
+        ulp = 2.0**-frac_bits
+        self.precision = ulp * self.working_scale * config.grad_max + 0.5 * ulp / eps2
+        if self.precision > PRECISION_LIMIT:
             raise ValueError(
-                f"Adam's eps * loss_scale = {eps:.3g} is below 2^-5: the fixed-point rsqrt cannot resolve "
-                "(eps * loss_scale)^2; raise eps or the loss scale"
+                f"Adam with eps = {config.eps:g} and grad_max = {config.grad_max:g} would have a fixed-point "
+                f"step error of {self.precision:.2g} (above {PRECISION_LIMIT:g}) with {frac_bits} fractional "
+                "bits: raise eps or lower grad_max"
             )
         self.B, self.ops, self.config = B, grad_ops(B), config
-        self.eps2 = eps * eps
-        self.hi = (config.grad_max * loss_scale) ** 2 + self.eps2
+        self.factor = self.working_scale / loss_scale
+        self.eps2 = eps2
+        self.hi = (config.grad_max * self.working_scale) ** 2 + eps2
         self.t = 0
         self.m: Value | None = None
         self.v: Value | None = None
@@ -105,6 +121,8 @@ class Adam:
             self.t += 1
             a1, a2 = self.coefficients()
             g = self._flatten(grads)
+            if self.factor != 1.0:
+                g = ops.scale(g, self.factor)
             g2 = B.square(g)
             if self.m is None:
                 self.m, self.v = g, g2
