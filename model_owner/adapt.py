@@ -346,9 +346,10 @@ def adapt_checkpoint(
     start = time.perf_counter()
     cfg, tensors = load_checkpoint(model_dir)
     attn = AttentionConfig(mode=mode, features=features, seed=seed, normalize=True)
-    from mpc_core.nn.embedding import PublicEmbeddings
-    from mpc_core.nn.inputs import encode_texts
     from transformers import AutoTokenizer
+
+    from data_owner.embedding import PublicEmbeddings
+    from data_owner.inputs import encode_texts
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     train_texts, test_texts = corpus_batches(tokenizer, max_len, seed, held_out)

@@ -37,12 +37,11 @@ from contract.manifest import (
     party_file_tensors,
     sha256_file,
 )
-from model_owner.checkpoints import ModelConfig, is_gguf, model_shapes, read_checkpoint
+from model_owner.checkpoints import is_gguf, read_checkpoint
 from mpc_core.nn.adapted import read_record
 from mpc_core.nn.llama_weights import gguf_to_folder
 from mpc_core.nn.weights import (
     CheckpointError,
-    is_public,
     split_public,
 )
 from mpc_core.prg import PRG, fresh_seed
@@ -198,10 +197,6 @@ def _share_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _secret_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    return {k: v for k, v in model_shapes(cfg).items() if not is_public(k)}
 
 
 def reconstruct(folder: str | Path, parties: list[int] | None = None) -> dict[str, np.ndarray]:

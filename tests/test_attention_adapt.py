@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 from helpers_models import make_tiny_model, random_batch
-from mpc_core.nn.embedding import PublicEmbeddings
 
-from contract.manifest import ShareManifest
+from contract.manifest import ShareManifest, load_party_shares
+from data_owner.embedding import PublicEmbeddings
 from model_owner.adapt import TorchEncoder, adapt_checkpoint, corpus_sentences
 from model_owner.share import share_model
 from mpc_core.nn.adapted import (
@@ -31,7 +31,7 @@ from mpc_core.nn.batch import candidate_logits
 from mpc_core.nn.config import AttentionConfig
 from mpc_core.nn.encoder import encode
 from mpc_core.nn.heads import SimilarityHead
-from mpc_core.nn.weights import CheckpointError, load_checkpoint, load_party_shares
+from mpc_core.nn.weights import CheckpointError, load_checkpoint
 from mpc_core.runtime import run_parties
 
 TOL = 1e-2

@@ -13,17 +13,18 @@ import pytest
 from backward_reference import assert_gradient_close, reference_gradients, relative_error
 from helpers_models import make_tiny_model, random_batch
 
+from contract.manifest import load_party_shares
+from data_owner.embedding import PublicEmbeddings
 from model_owner.share import share_model
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_losses
 from mpc_core.nn.config import AttentionConfig
-from mpc_core.nn.embedding import PublicEmbeddings
 from mpc_core.nn.encoder import encode
 from mpc_core.nn.grad import encoder_weight, loss_and_gradients
 from mpc_core.nn.grad.layers import block_forward
 from mpc_core.nn.grad.ops import grad_ops
 from mpc_core.nn.heads import SimilarityHead
-from mpc_core.nn.weights import load_checkpoint, load_party_shares
+from mpc_core.nn.weights import load_checkpoint
 from mpc_core.runtime import run_parties
 
 SPECIAL = {"bert": (2, 3), "roberta": (0, 2)}

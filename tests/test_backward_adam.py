@@ -15,10 +15,11 @@ from backward_reference import torch_loss
 from helpers_models import hf_model
 from test_backward import LOSS_SCALE, Case
 
+from contract.manifest import load_party_shares
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.grad.adam import Adam, AdamConfig
 from mpc_core.nn.grad.tuning import FullFineTuning, PromptTuning
-from mpc_core.nn.weights import _canonical_name, _is_transposed, load_party_shares
+from mpc_core.nn.weights import _canonical_name, _is_transposed
 from mpc_core.runtime import run_parties
 from mpc_core.tensor import SharedTensor
 
