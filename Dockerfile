@@ -21,7 +21,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY mpc_core ./mpc_core
 COPY proto ./proto
+COPY contract ./contract
 COPY server ./server
+COPY cluster_ops ./cluster_ops
 COPY data_owner/__init__.py data_owner/client.py ./data_owner/
 RUN python -m proto.build && pip install --no-deps . && rm -rf /src
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from bench.grpc_ops_bench import cluster_cpu_seconds
 from bench.model_bench import minilm_folder
+from cluster_ops.testing import running_cluster
 from data_owner.config import RunConfig
 from data_owner.session import Session, open_session
-from server.testing import running_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Shares of the bundled model, written once per suite and reused by later runs (delete to re-share).

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from data_owner.embedding import PublicEmbeddings
+from data_owner.inputs import encode_texts
 from mpc_core.nn.backend import PlainBackend
 from mpc_core.nn.batch import candidate_logits
 from mpc_core.nn.config import AttentionConfig
-from mpc_core.nn.embedding import PublicEmbeddings
 from mpc_core.nn.heads import SimilarityHead, similarity_anchors
-from mpc_core.nn.inputs import encode_texts
 from mpc_core.nn.weights import load_checkpoint
 from mpc_core.ring import FixedPoint
 

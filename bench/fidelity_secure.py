@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 
+from data_owner.inputs import encode_texts
 from model_owner.share import share_tensors
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_logits
 from mpc_core.nn.config import AttentionConfig
-from mpc_core.nn.inputs import encode_texts
 from mpc_core.nn.weights import split_public, wrap_shares
 from mpc_core.prg import system_prg
 from mpc_core.ring import FixedPoint

@@ -85,7 +85,7 @@ def _tiny_model(suite: str, fp: FixedPoint, folder: Path) -> Callable | None:
     try:  # the public embedding layer belongs to the data owner (issue 19); before that, to mpc_core.nn
         from data_owner.embedding import PublicEmbeddings
     except ImportError:
-        from mpc_core.nn.embedding import PublicEmbeddings
+        from data_owner.embedding import PublicEmbeddings
 
     ckpt = make_tiny_model(folder / "ckpt", "bert", mlm=True, seed=3, num_hidden_layers=1)
     cfg, weights = load_checkpoint(ckpt)

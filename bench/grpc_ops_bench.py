@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.ops_bench import case_inputs, op_cases
+from cluster_ops.launcher import LocalCluster
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient
 from mpc_core.ring import FixedPoint
-from server.launcher import LocalCluster
 from server.programs.ops import OPS
-from server.testing import running_cluster
 
 _CLOCK = os.sysconf("SC_CLK_TCK")
 

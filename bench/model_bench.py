@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import measure
+from data_owner.embedding import PublicEmbeddings
+from data_owner.inputs import encode_texts
 from model_owner.share import share_tensors
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_logits
 from mpc_core.nn.config import AttentionConfig
-from mpc_core.nn.embedding import PublicEmbeddings
 from mpc_core.nn.heads import SimilarityHead, similarity_anchors
-from mpc_core.nn.inputs import encode_texts
 from mpc_core.nn.weights import load_checkpoint, split_public, wrap_shares
 from mpc_core.prg import system_prg
 from mpc_core.ring import FixedPoint

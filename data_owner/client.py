@@ -5,6 +5,7 @@
         job.upload("x", fp.encode(x)); job.upload("w", fp.encode(w)); job.upload("b", fp.encode(b))
         job.evaluate()                       # every participant runs the program together
         y = job.reveal_float("y")            # the compute parties' shares, combined here only
+        gen = job.generate({"x": fp.encode(x2)}, ["x", "w", "b"], reveal=["y"])   # all of it, one call
 
 The client talks to every participant at once (one thread per call), with mutual TLS under the data
 owner's certificate and each server pinned to its configured identity.  Every call has a deadline.
@@ -29,13 +30,13 @@ import grpc
 import numpy as np
 from pydantic import BaseModel
 
+from contract.channels import channel_credentials, channel_options, identity_metadata, load_credentials
+from contract.cluster import ClusterConfig, load_config
 from mpc_core.prg import PRG, system_prg
 from mpc_core.ring import RING_DTYPE
 from mpc_core.suites import suite_class
 from proto.api import party_pb2, party_pb2_grpc
 from proto.shares import ShareAssembler, ShareStreamError, share_chunks
-from server.config import ClusterConfig, load_config
-from server.security import channel_credentials, channel_options, identity_metadata, load_credentials
 
 T = TypeVar("T")
 PROBE_TIMEOUT_S = 2.0
@@ -101,6 +102,20 @@ class OutputInfo:
     scale: int  # fractional bits (0: ring integer)
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What one ``Generate`` call returned: the outputs, the revealed ones, every participant's statistics."""
+
+    outputs: dict[str, OutputInfo]
+    values: dict[str, np.ndarray]  # revealed ring elements (uint64) of the outputs asked for
+    metrics: dict[int, dict[str, Any]]  # per participant, as RemoteJob.metrics()
+    seconds: float  # the slowest participant's evaluation time
+
+    def reveal_float(self, name: str) -> np.ndarray:
+        """A revealed output decoded with its fixed-point scale."""
+        return self.values[name].view(np.int64).astype(np.float64) / float(1 << self.outputs[name].scale)
+
+
 class ClusterClient:
     """Connections to every participant of one cluster, as its registered data owner."""
 
@@ -118,7 +133,8 @@ class ClusterClient:
         self.deadline_s = deadline_s or config.limits.call_deadline_s
         self.max_message_bytes = config.limits.max_message_bytes
         name = config.data_owner.name
-        self._metadata = identity_metadata(name, insecure)
+        #: Call metadata for a raw stub call (the claimed identity in insecure mode; None under TLS).
+        self.metadata = identity_metadata(name, insecure)
         creds = None if insecure else channel_credentials(load_credentials(config, name, cert, key))
         self._channels: dict[int, grpc.Channel] = {}
         self._stubs: dict[int, party_pb2_grpc.PartyStub] = {}
@@ -189,7 +205,7 @@ class ClusterClient:
         first by the compute parties ("the stream with participant 2 broke") in a call the dealer was not
         part of, and the error must still name it.
         """
-        probe = self._unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
+        probe = self.unary("ServerInfo", party_pb2.ServerInfoRequest(), PROBE_TIMEOUT_S)
         futures = {p: self._pool.submit(probe, p) for p in self.participants}
         down = []
         for p, future in futures.items():
@@ -200,17 +216,20 @@ class ClusterClient:
                     down.append(p)
         return down
 
-    def _unary(self, method: str, request: Any, timeout: float | None = None) -> Callable[[int], Any]:
+    def unary(self, method: str, request: Any, timeout: float | None = None) -> Callable[[int], Any]:
+        """``call(p)``: the party API's unary ``method`` on participant ``p``, as the data owner, with a
+        deadline (the configured call deadline unless ``timeout``); give it to :meth:`call_all`."""
+
         def call(p: int) -> Any:
             return getattr(self._stubs[p], method)(
-                request, timeout=timeout or self.deadline_s, metadata=self._metadata
+                request, timeout=timeout or self.deadline_s, metadata=self.metadata
             )
 
         return call
 
     # ------------------------------------------------------------------ cluster
     def server_info(self) -> dict[int, party_pb2.ServerInfoReply]:
-        return self.call_all("server info", self._unary("ServerInfo", party_pb2.ServerInfoRequest(), 10.0))
+        return self.call_all("server info", self.unary("ServerInfo", party_pb2.ServerInfoRequest(), 10.0))
 
     def open_job(
         self, program: str, *, job_id: str | None = None, model_digest: str = "", test_seed: bytes = b""
@@ -226,17 +245,18 @@ class ClusterClient:
         )
         request = party_pb2.OpenJobRequest(job_id=job_id, spec=spec)
         try:
-            self.call_all(f"opening job {job_id}", self._unary("OpenJob", request))
+            self.call_all(f"opening job {job_id}", self.unary("OpenJob", request))
         except ClusterError as exc:
             opened = [p for p in self.participants if p not in exc.failures]
-            self._close_quietly(job_id, opened)
+            self.close_quietly(job_id, opened)
             raise
         return RemoteJob(self, job_id, program)
 
-    def _close_quietly(self, job_id: str, participants: Iterable[int], timeout_s: float = 5.0) -> None:
+    def close_quietly(self, job_id: str, participants: Iterable[int], timeout_s: float = 5.0) -> None:
+        """Close ``job_id`` on each participant, ignoring failures (cleanup after a refusal or a fault)."""
         for p in participants:
             with contextlib.suppress(grpc.RpcError):
-                self._unary("CloseJob", party_pb2.JobRef(job_id=job_id), timeout_s)(p)
+                self.unary("CloseJob", party_pb2.JobRef(job_id=job_id), timeout_s)(p)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -284,13 +304,122 @@ class RemoteJob:
             )
             chunks = share_chunks(header, share, max_bytes, party_pb2.UploadChunk)
             return self.client.stub(p).Upload(
-                chunks, timeout=self.client.deadline_s, metadata=self.client._metadata
+                chunks, timeout=self.client.deadline_s, metadata=self.client.metadata
             )
 
         self.client.call_all(f"uploading {name!r} to job {self.job_id}", call, parties)
         self.shapes[name] = tuple(np.shape(shares[0])[1:])
 
+    # ------------------------------------------------------------------ one generation, one call
+    def generate(
+        self,
+        secrets: Mapping[str, np.ndarray],
+        inputs: Sequence[str],
+        params: BaseModel | Mapping | None = None,
+        reveal: Sequence[str] = (),
+        prg: PRG | None = None,
+        timeout_s: float | None = None,
+    ) -> Generation:
+        """Share ``secrets`` (ring arrays) inline, run the next batch and get the results: one call per
+        participant (``Generate``) instead of upload, evaluate, fetch and status.
+
+        Each compute party gets its shares of ``secrets`` (they replace earlier uploads of the same
+        names once the servers accept the evaluation); the dealer gets the evaluation only.  The outputs
+        named in ``reveal`` are combined here; every participant's statistics come back with the call.
+        """
+        cls = suite_class(self.suite)
+        split: dict[str, list[np.ndarray]] = {}
+        for name, secret in secrets.items():
+            secret = np.asarray(secret)
+            if secret.dtype != RING_DTYPE:
+                raise TypeError(f"share ring elements (uint64, e.g. FixedPoint.encode), got {secret.dtype}")
+            split[name] = cls.split(secret, prg or system_prg())
+        shapes = {**self.shapes, **{name: tuple(np.shape(s)) for name, s in secrets.items()}}
+        missing = [n for n in inputs if n not in shapes]
+        if missing:
+            raise KeyError(f"inputs {missing} were neither uploaded to job {self.job_id} nor sent with it")
+        request = self._evaluate_request(list(inputs), shapes, params)
+        parties = self.client.compute_parties
+        max_bytes = self.client.max_message_bytes
+        limit = self.client.config.limits.max_upload_bytes
+
+        def requests(p: int) -> Iterable[party_pb2.GenerateRequest]:
+            for name, shares in split.items() if p in parties else ():
+                share = np.ascontiguousarray(shares[parties.index(p)], dtype=RING_DTYPE)
+                header = party_pb2.ShareHeader(
+                    job_id=self.job_id, name=name, dtype="<u8", shape=share.shape, nbytes=share.nbytes
+                )
+                for chunk in share_chunks(header, share, max_bytes, party_pb2.UploadChunk):
+                    yield party_pb2.GenerateRequest(share=chunk)
+            yield party_pb2.GenerateRequest(evaluate=request)
+
+        def call(p: int):
+            stream = self.client.stub(p).Generate(
+                requests(p), timeout=timeout_s or self.client.deadline_s, metadata=self.client.metadata
+            )
+            evaluated, status, results = None, None, {}
+            assembler = None
+            for reply in stream:
+                part = reply.WhichOneof("part")
+                if part == "evaluated" and evaluated is None:
+                    evaluated = reply.evaluated
+                elif part == "result" and evaluated is not None and status is None:
+                    chunk = reply.result
+                    if chunk.HasField("header"):
+                        if assembler is not None:
+                            results[assembler.header.name] = assembler.finish()
+                        if chunk.header.nbytes > limit:
+                            raise ShareStreamError(f"participant {p} sent a result larger than allowed")
+                        assembler = ShareAssembler(chunk.header)
+                    elif assembler is None:
+                        raise ShareStreamError(f"participant {p} sent a result without a valid header")
+                    assembler.feed(chunk.data)
+                elif part == "status" and evaluated is not None and status is None:
+                    status = reply.status
+                else:
+                    raise ShareStreamError(f"participant {p} answered a generation out of order")
+            if assembler is not None:
+                results[assembler.header.name] = assembler.finish()
+            if evaluated is None or status is None:
+                raise ShareStreamError(f"participant {p} ended a generation without its results")
+            return evaluated, results, status
+
+        what = f"generation {self.next_batch} of job {self.job_id}"
+        replies = self.client.call_all(what, call)
+        evaluated = replies[parties[0]][0]
+        outputs = {o.name: OutputInfo(tuple(o.shape), o.scale) for o in evaluated.outputs}
+        values = {}
+        for name in reveal:
+            shares = [replies[p][1].get(name) for p in parties]
+            if any(share is None for share in shares):
+                raise ClusterError(
+                    what,
+                    {p: (grpc.StatusCode.DATA_LOSS, f"no share of {name!r}") for p in parties},
+                    self.client.describe,
+                )
+            values[name] = cls.combine(shares)
+        self.shapes.update({name: tuple(np.shape(s)) for name, s in secrets.items()})
+        self.outputs = outputs
+        self.last_seconds = max(r[0].seconds for r in replies.values())
+        self.next_batch += 1
+        metrics = {p: _metrics_of(r[2]) for p, r in replies.items()}
+        return Generation(outputs=outputs, values=values, metrics=metrics, seconds=self.last_seconds)
+
     # ------------------------------------------------------------------ evaluate and results
+    def _evaluate_request(
+        self, names: list[str], shapes: Mapping[str, tuple[int, ...]], params: BaseModel | Mapping | None
+    ) -> party_pb2.EvaluateRequest:
+        if isinstance(params, BaseModel):
+            params_json = params.model_dump_json()
+        else:
+            params_json = json.dumps(dict(params or {}))
+        return party_pb2.EvaluateRequest(
+            job_id=self.job_id,
+            batch=self.next_batch,
+            inputs=[party_pb2.TensorInfo(name=n, shape=shapes[n]) for n in names],
+            params_json=params_json,
+        )
+
     def evaluate(
         self,
         inputs: Sequence[str] | None = None,
@@ -302,18 +431,9 @@ class RemoteJob:
         missing = [n for n in names if n not in self.shapes]
         if missing:
             raise KeyError(f"inputs {missing} were not uploaded to job {self.job_id}")
-        if isinstance(params, BaseModel):
-            params_json = params.model_dump_json()
-        else:
-            params_json = json.dumps(dict(params or {}))
-        request = party_pb2.EvaluateRequest(
-            job_id=self.job_id,
-            batch=self.next_batch,
-            inputs=[party_pb2.TensorInfo(name=n, shape=self.shapes[n]) for n in names],
-            params_json=params_json,
-        )
+        request = self._evaluate_request(names, self.shapes, params)
         what = f"evaluating batch {self.next_batch} of job {self.job_id}"
-        replies = self.client.call_all(what, self.client._unary("Evaluate", request, timeout_s))
+        replies = self.client.call_all(what, self.client.unary("Evaluate", request, timeout_s))
         reply = replies[self.client.compute_parties[0]]
         self.outputs = {o.name: OutputInfo(tuple(o.shape), o.scale) for o in reply.outputs}
         self.last_seconds = max(r.seconds for r in replies.values())
@@ -328,7 +448,7 @@ class RemoteJob:
 
         def call(p: int) -> np.ndarray:
             stream = self.client.stub(p).FetchResult(
-                request, timeout=self.client.deadline_s, metadata=self.client._metadata
+                request, timeout=self.client.deadline_s, metadata=self.client.metadata
             )
             assembler = None
             for chunk in stream:
@@ -359,33 +479,17 @@ class RemoteJob:
     def status(self) -> dict[int, party_pb2.JobStatusReply]:
         return self.client.call_all(
             f"status of job {self.job_id}",
-            self.client._unary("JobStatus", party_pb2.JobRef(job_id=self.job_id), 10.0),
+            self.client.unary("JobStatus", party_pb2.JobRef(job_id=self.job_id), 10.0),
         )
 
     def metrics(self) -> dict[int, dict[str, Any]]:
         """Per participant: traffic and time per named operation, and what the wire carried."""
-        out: dict[int, dict[str, Any]] = {}
-        for p, reply in self.status().items():
-            out[p] = {
-                "ops": {
-                    op.name: {
-                        "bytes": op.bytes,
-                        "messages": op.messages,
-                        "rounds": op.rounds,
-                        "seconds": op.seconds,
-                    }
-                    for op in reply.ops
-                },
-                "wire": {f.name: getattr(reply.wire, f.name) for f in reply.wire.DESCRIPTOR.fields},
-                "batches": reply.batches_done,
-                "evaluate_seconds": reply.evaluate_seconds,
-            }
-        return out
+        return {p: _metrics_of(reply) for p, reply in self.status().items()}
 
     def close(self) -> None:
         self.client.call_all(
             f"closing job {self.job_id}",
-            self.client._unary("CloseJob", party_pb2.JobRef(job_id=self.job_id), 10.0),
+            self.client.unary("CloseJob", party_pb2.JobRef(job_id=self.job_id), 10.0),
         )
 
     def __enter__(self) -> RemoteJob:
@@ -407,6 +511,19 @@ def wait_until_serving(client: ClusterClient, timeout_s: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def _metrics_of(reply: party_pb2.JobStatusReply) -> dict[str, Any]:
+    """One participant's statistics: traffic and time per named operation, and what the wire carried."""
+    return {
+        "ops": {
+            op.name: {"bytes": op.bytes, "messages": op.messages, "rounds": op.rounds, "seconds": op.seconds}
+            for op in reply.ops
+        },
+        "wire": {f.name: getattr(reply.wire, f.name) for f in reply.wire.DESCRIPTOR.fields},
+        "batches": reply.batches_done,
+        "evaluate_seconds": reply.evaluate_seconds,
+    }
 
 
 def _wait_unless_one_fails(futures: list[Future], grace_s: float) -> None:

@@ -69,7 +69,7 @@ def demo_data(work: Path) -> Path:
 
 def cluster_config(work: Path, model: Path) -> Path:
     """The example cluster file with the shared model and this demo's folders."""
-    from server.testing import free_ports
+    from cluster_ops.testing import free_ports
 
     config = yaml.safe_load((ROOT / "cluster.example.yaml").read_text(encoding="utf-8"))
     ports = free_ports(3)

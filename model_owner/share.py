@@ -29,19 +29,19 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from model_owner.checkpoints import ModelConfig, is_gguf, model_shapes, read_checkpoint
-from mpc_core.nn.llama_weights import gguf_to_folder
-from mpc_core.nn.manifest import (
+from contract.manifest import (
     FixedPointSpec,
     PartyFile,
     PublicFiles,
     ShareManifest,
+    party_file_tensors,
     sha256_file,
 )
+from model_owner.checkpoints import ModelConfig, is_gguf, model_shapes, read_checkpoint
+from mpc_core.nn.llama_weights import gguf_to_folder
 from mpc_core.nn.weights import (
     CheckpointError,
     is_public,
-    party_file_tensors,
     split_public,
 )
 from mpc_core.prg import PRG, fresh_seed

@@ -1,5 +1,6 @@
-"""The cluster's server processes: configuration, certificates, the party and peer APIs, jobs, launcher.
+"""The party process: one participant's party and peer APIs, its jobs, and the programs it runs.
 
-``secp-server`` (:mod:`server.cli`) runs one participant; ``secp-cluster`` (:mod:`server.cluster`) runs
-all of them on this machine.  See docs/cluster.md.
+``secp-server`` (:mod:`server.cli`) runs one participant.  The cluster file's schema and the TLS helpers
+are the roles' shared contract (:mod:`contract`); launching, certificates and status are operator
+tooling (:mod:`cluster_ops`, ``secp-cluster``).  See docs/cluster.md and docs/architecture.md.
 """

@@ -19,15 +19,15 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contract.channels import load_credentials, server_credentials, server_options, warn_insecure
+from contract.cluster import ClusterConfig
 from mpc_core.transport.grpc_transport import LinkSettings, network_shape
 from proto.api import party_pb2, peer_pb2
 from server.authz import Authorizer
-from server.config import ClusterConfig
 from server.jobs import JobManager, PeerChannels
 from server.model_store import LoadedModel, load_model
 from server.party_service import PartyService
 from server.peer_service import PeerService
-from server.security import load_credentials, server_credentials, server_options, warn_insecure
 from server.wire import add_service
 
 log = logging.getLogger(__name__)
@@ -138,4 +138,4 @@ async def serve(
 async def _reap(manager: JobManager, stop: asyncio.Event) -> None:
     while not stop.is_set():
         await asyncio.sleep(REAP_INTERVAL_S)
-        manager.reap_idle()
+        manager.registry.reap_idle()

@@ -9,9 +9,9 @@ import logging
 
 import grpc
 
-from server.config import ClusterConfig
+from contract.channels import caller_names
+from contract.cluster import ClusterConfig
 from server.errors import denied, unauthenticated
-from server.security import caller_names
 
 log = logging.getLogger(__name__)
 

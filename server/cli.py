@@ -62,8 +62,8 @@ def resolve_participant(suite: str, party: int | None, role: str) -> int:
 )
 def main(config_path: str, party: int | None, role: str, insecure: bool, log_level: str) -> None:
     """Run one server (compute party or dealer) of a secp-tuning cluster."""
+    from contract.cluster import ConfigError, load_config
     from mpc_core.allocator import tune_allocator
-    from server.config import ConfigError, load_config
 
     tune_allocator()  # before the first large array: see mpc_core/allocator.py
 
@@ -80,9 +80,9 @@ def main(config_path: str, party: int | None, role: str, insecure: bool, log_lev
     )
     logging.getLogger("grpc").setLevel(logging.WARNING)
 
+    from contract.channels import CredentialError
     from server.app import serve
     from server.model_store import ModelError
-    from server.security import CredentialError
 
     try:
         asyncio.run(serve(config, participant, insecure=insecure))

@@ -7,9 +7,9 @@ checks its SHA-256 before parsing it, and checks that it holds exactly the manif
 suite's slot axis.  The 2pc dealer reads the manifest only (it needs shapes, never shares).  Other
 parties' files are never opened, so a deployment may mount only a party's own file.
 
-The manifest format is the one ``mpc_core.nn.manifest.ShareManifest`` writes (``format``,
-``suite``, ``fixed_point.frac_bits``, ``tensors``, ``party_files[{party, file, sha256, bytes}]``);
-this module reads only those fields so that the server does not depend on the model code.
+The manifest and the share file are read by the roles' one reader, :mod:`contract.manifest`
+(:class:`~contract.manifest.ShareIndex`: ``suite``, ``fixed_point.frac_bits``, ``tensors``,
+``party_files``, nothing about the architecture; :func:`~contract.manifest.read_share_file`).
 """
 
 from __future__ import annotations
@@ -23,26 +23,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpc_core.ring import RING_DTYPE
-from mpc_core.suites import SUITES
+from contract.manifest import MANIFEST_NAME, ShareFileError, ShareIndex, read_share_file
+from mpc_core.suites import suite_class
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
 
-MANIFEST_NAME = "manifest.json"
-SLOTS = {name: cls.slots for name, cls in SUITES.items()}  # ring words per element, per suite
-
 
 class ModelError(RuntimeError):
     """The model folder is missing, inconsistent with the cluster, or its share file fails its hash."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ModelTensors(dict):
@@ -88,20 +77,22 @@ def load_model(
     except OSError as exc:
         raise ModelError(f"cannot read {manifest_path}: {exc.strerror}") from None
     try:
+        index = ShareIndex.parse(raw)
         manifest = json.loads(raw)
-        m_suite = manifest["suite"]
-        m_frac = int(manifest["fixed_point"]["frac_bits"])
-        shapes = {str(k): tuple(int(d) for d in v) for k, v in manifest["tensors"].items()}
-        files = {int(e["party"]): e for e in manifest["party_files"]}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except ValueError as exc:
         raise ModelError(f"{manifest_path} is not a share manifest ({type(exc).__name__}: {exc})") from None
+    m_suite, m_frac, shapes = index.suite, index.fixed_point.frac_bits, index.shapes()
     if m_suite != suite:
         raise ModelError(f"the model in {folder} was shared for suite {m_suite}, the cluster runs {suite}")
     if m_frac != frac_bits:
         raise ModelError(f"the model uses {m_frac} fractional bits, the cluster {frac_bits}")
     shares = None
     if holds_shares:
-        shares = _load_own_shares(folder, participant, files, shapes, SLOTS[suite])
+        try:
+            entry = index.party_file(participant)
+            shares = read_share_file(folder, entry, participant, shapes, suite_class(suite).slots)
+        except ShareFileError as exc:
+            raise ModelError(str(exc)) from None
     return LoadedModel(
         folder=folder,
         digest=hashlib.sha256(raw).hexdigest(),
@@ -111,40 +102,3 @@ def load_model(
         shares=shares,
         manifest=manifest,
     )
-
-
-def _load_own_shares(
-    folder: Path,
-    participant: int,
-    files: Mapping[int, Mapping],
-    shapes: Mapping[str, tuple[int, ...]],
-    slots: int,
-) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    entry = files.get(participant)
-    if entry is None:
-        raise ModelError(f"the manifest lists no share file for participant {participant}")
-    name = str(entry["file"])
-    path = (folder / name).resolve()
-    if path.parent != folder.resolve() or "/" in name:
-        raise ModelError(f"share file name {name!r} must name a file inside {folder}")
-    if not path.is_file():
-        raise ModelError(f"share file {name} for participant {participant} is missing in {folder}")
-    if sha256_file(path) != entry["sha256"]:
-        raise ModelError(
-            f"share file {name} does not match the SHA-256 in the manifest (corrupt or replaced)"
-        )
-    try:
-        shares = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"share file {name} is unreadable ({type(exc).__name__})") from None
-    if set(shares) != set(shapes):
-        raise ModelError(f"share file {name} does not hold exactly the tensors the manifest lists")
-    for key, share in shares.items():
-        if share.dtype != RING_DTYPE or share.shape != (slots, *shapes[key]):
-            raise ModelError(
-                f"share {key!r} in {name} is {share.dtype}{share.shape}, not uint64{(slots, *shapes[key])}"
-            )
-    return shares

@@ -14,10 +14,10 @@ import logging
 import grpc
 import grpc.aio
 
+from contract.cluster import JOB_ID_PATTERN
 from mpc_core.transport.grpc_transport import LinkSettings, accept_link
 from proto.api import peer_pb2_grpc
 from server.authz import Authorizer
-from server.config import JOB_ID_PATTERN
 from server.errors import RpcError, invalid
 from server.jobs import JobManager
 from server.wire import MalformedMessage
@@ -51,7 +51,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
                 )
             if not JOB_ID_PATTERN.fullmatch(hello.job_id):
                 raise invalid("malformed job id in hello")
-            job = self.manager.accept_target(hello.job_id, peer, hello.spec_digest)
+            job = self.manager.mesh.accept_target(hello.job_id, peer, hello.spec_digest)
         except RpcError as exc:
             await context.abort(exc.code, exc.message)
             return
@@ -59,13 +59,13 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         link = await accept_link(
             context, hello, me=self.manager.me, settings=self.settings, on_failure=on_failure
         )
-        self.manager.attach_incoming(job, link)
+        self.manager.mesh.attach_incoming(job, link)
         log.info("job %s: stream from participant %d accepted", hello.job_id, peer)
         try:
             await link.wait_closed()
         except asyncio.CancelledError:
             # The RPC ended under us (the peer's process or connection went away).
-            self.manager.link_failed_from_handler(hello.job_id, peer, f"participant {peer} disconnected")
+            self.manager.mesh.link_failed(hello.job_id, peer, f"participant {peer} disconnected")
             link.close(f"participant {peer} disconnected", notify=False)
             raise
         reason = link.closed_reason or ""
@@ -79,6 +79,6 @@ class PeerService(peer_pb2_grpc.PeerServicer):
 
     def _on_failure(self, job_id: str):
         def failed(peer: int, reason: str) -> None:
-            self.manager.link_failed_from_handler(job_id, peer, reason)
+            self.manager.mesh.link_failed(job_id, peer, reason)
 
         return failed

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from server.config import Limits
+from contract.cluster import Limits
 from server.errors import exhausted
 
 #: Share of the machine's memory a server may use before refusing new work (when not configured).

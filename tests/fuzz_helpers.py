@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from server.config import ClusterConfig
-from server.security import channel_options
+from contract.channels import channel_options
+from contract.cluster import ClusterConfig
 
 Code = grpc.StatusCode
 

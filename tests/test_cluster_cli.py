@@ -14,13 +14,19 @@ import numpy as np
 import pytest
 import yaml
 
+from cluster_ops.launcher import LocalCluster, is_our_server, read_state
+from cluster_ops.testing import (
+    cluster_dict,
+    free_ports,
+    running_cluster,
+    write_test_cluster,
+    write_test_model,
+)
+from contract.channels import IDENTITY_HEADER
+from contract.cluster import load_config
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, party_pb2_grpc
-from server.config import load_config
-from server.launcher import LocalCluster, is_our_server, read_state
-from server.security import IDENTITY_HEADER
-from server.testing import cluster_dict, free_ports, running_cluster, write_test_cluster, write_test_model
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,26 +48,26 @@ def test_up_status_health_down(tmp_path):
     path.write_text(yaml.safe_dump(cluster_dict("3pc", free_ports(3))))  # no certificates yet
     state = None
     try:
-        up = _run("server.cluster", "up", "--config", str(path))
+        up = _run("cluster_ops.cli", "up", "--config", str(path))
         assert up.returncode == 0, up.stderr + up.stdout
         assert "created a local CA" in up.stdout and "3pc cluster 'test-3pc' is up" in up.stdout
         state = read_state(tmp_path / "run")
         assert [r.name for r in state.processes] == ["p0", "p1", "p2"]
         assert all(is_our_server(r.pid, state.config) for r in state.processes)
         assert all((tmp_path / "run/logs" / f"{n}.log").exists() for n in ("p0", "p1", "p2"))
-        again = _run("server.cluster", "up", "--config", str(path))
+        again = _run("cluster_ops.cli", "up", "--config", str(path))
         assert again.returncode != 0 and "already up" in again.stderr
 
-        status = _run("server.cluster", "status", "--config", str(path))
+        status = _run("cluster_ops.cli", "status", "--config", str(path))
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("SERVING") == 3 and status.stdout.count("jobs 0") == 3
-        health = _run("server.cluster", "health", "--config", str(path), "--party", "1")
+        health = _run("cluster_ops.cli", "health", "--config", str(path), "--party", "1")
         assert health.returncode == 0 and "p1 SERVING" in health.stdout
 
-        down = _run("server.cluster", "down", "--config", str(path))
+        down = _run("cluster_ops.cli", "down", "--config", str(path))
         assert down.returncode == 0 and "stopped p0, p1, p2" in down.stdout
         assert not any(is_our_server(r.pid, state.config) for r in state.processes)
-        after = _run("server.cluster", "status", "--config", str(path))
+        after = _run("cluster_ops.cli", "status", "--config", str(path))
         assert after.returncode == 1 and after.stdout.count("UNREACHABLE") == 3
     finally:
         if state is not None:  # never leave servers behind, whatever failed

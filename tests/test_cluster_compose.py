@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.cluster import ClusterConfig, load_config, parse_config
 from model_owner.share import party_file_name
-from server.config import ClusterConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

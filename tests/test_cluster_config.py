@@ -12,13 +12,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cluster_ops.certs import write_cluster_certs
+from cluster_ops.defaults import DEFAULT_CONFIG_YAML
+from cluster_ops.testing import cluster_dict
+from contract.channels import CredentialError, check_key_permissions, load_credentials
+from contract.cluster import ConfigError, dump_config, load_config, parse_config
 from proto import build
-from server.certs import write_cluster_certs
 from server.cli import resolve_participant
-from server.config import ConfigError, dump_config, load_config, parse_config
-from server.defaults import DEFAULT_CONFIG_YAML
-from server.security import CredentialError, check_key_permissions, load_credentials
-from server.testing import cluster_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,6 +175,7 @@ def test_generated_grpc_code_is_current_and_regenerates_when_stale():
         "FetchResult",
         "JobStatus",
         "CloseJob",
+        "Generate",
     }
     assert peer_pb2.DESCRIPTOR.services_by_name["Peer"].methods_by_name["Exchange"].client_streaming
     generated = build.PROTO_DIR / "peer_pb2.py"

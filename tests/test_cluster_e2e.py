@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cluster_ops.testing import running_cluster, write_test_model
 from data_owner.client import ClusterClient
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
 from server.execute import run_in_process
 from server.model_store import load_model
-from server.testing import running_cluster, write_test_model
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, ClusterError, wait_until_serving
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2
-from server.testing import running_cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -33,7 +33,7 @@ def _wait_for(predicate, timeout_s: float = 10.0) -> bool:
 
 def _job_gone(client: ClusterClient, participant: int, job_id: str) -> bool:
     try:
-        client._unary("JobStatus", party_pb2.JobRef(job_id=job_id), 5.0)(participant)
+        client.unary("JobStatus", party_pb2.JobRef(job_id=job_id), 5.0)(participant)
     except grpc.RpcError as exc:
         return exc.code() == grpc.StatusCode.NOT_FOUND and "aborted" in (exc.details() or "")
     return False
@@ -84,7 +84,7 @@ def test_kill_a_server_mid_job(tmp_path, suite, victim):
             assert _wait_for(lambda p=p: _job_gone(client, p, job.job_id), 10), (
                 f"participant {p} kept the job"
             )
-        infos = {p: client._unary("ServerInfo", party_pb2.ServerInfoRequest())(p) for p in survivors}
+        infos = {p: client.unary("ServerInfo", party_pb2.ServerInfoRequest())(p) for p in survivors}
         assert all(info.open_jobs == 0 for info in infos.values())
 
         # a restarted server serves a new job with the same survivors
@@ -161,7 +161,7 @@ def test_an_input_cannot_be_replaced_while_its_batch_waits_for_peers(tmp_path):
             inputs=[party_pb2.TensorInfo(name=n, shape=v.shape) for n, v in {"x": x, "w": w, "b": b}.items()],
             params_json="{}",
         )
-        call = client._unary("Evaluate", request)
+        call = client.unary("Evaluate", request)
         first = client._pool.submit(call, 1)
         assert _wait_for(lambda: job.status()[1].state == "running", 10)
         other = FP.encode(np.zeros((5, 3)))
@@ -172,7 +172,7 @@ def test_an_input_cannot_be_replaced_while_its_batch_waits_for_peers(tmp_path):
             client.stub(1).Upload(
                 iter([party_pb2.UploadChunk(header=header, data=other.tobytes())]),
                 timeout=10,
-                metadata=client._metadata,
+                metadata=client.metadata,
             )
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "used by batch 0" in refused.value.details()

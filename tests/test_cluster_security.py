@@ -12,15 +12,15 @@ import grpc
 import numpy as np
 import pytest
 
+from cluster_ops.certs import create_authority, issue, load_authority, write_private
+from cluster_ops.testing import running_cluster
+from contract.channels import channel_options
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.prg import system_prg
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
 from proto.api import party_pb2, party_pb2_grpc, peer_pb2, peer_pb2_grpc
-from server.certs import create_authority, issue, load_authority, write_private
 from server.jobs import JobSpec
-from server.security import channel_options
-from server.testing import running_cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -178,7 +178,7 @@ def test_unknown_job_is_not_found_everywhere(env):
     _, client, _, _ = env
     ref = party_pb2.JobRef(job_id="ghost")
     stub = client.stub(0)
-    md = client._metadata
+    md = client.metadata
     for call in (
         lambda: stub.JobStatus(ref, timeout=5, metadata=md),
         lambda: stub.CloseJob(ref, timeout=5, metadata=md),
@@ -222,7 +222,7 @@ def test_bad_job_specs_are_refused(env, spec, job_id, code, message):
     _, client, _, _ = env
     before = _open_jobs(client)
     request = party_pb2.OpenJobRequest(job_id=job_id, spec=party_pb2.JobSpec(**spec))
-    got, details = _code(lambda: client.stub(1).OpenJob(request, timeout=5, metadata=client._metadata))
+    got, details = _code(lambda: client.stub(1).OpenJob(request, timeout=5, metadata=client.metadata))
     assert got == code and message in details
     assert _open_jobs(client) == before
 
@@ -280,7 +280,7 @@ def test_malformed_uploads_change_nothing(env, case, code, message):
     }[case]
     target = 2 if case == "to the dealer" else 0
     got, details = _code(
-        lambda: client.stub(target).Upload(iter(chunks), timeout=10, metadata=client._metadata)
+        lambda: client.stub(target).Upload(iter(chunks), timeout=10, metadata=client.metadata)
     )
     assert got == code and message in details
     assert _uploaded(job) == before
@@ -294,7 +294,7 @@ def _evaluate(client, job, **fields):
         inputs=[party_pb2.TensorInfo(name=n, shape=s) for n, s in fields.get("inputs", job.shapes.items())],
         params_json=fields.get("params", "{}"),
     )
-    return client.call_all("evaluate", client._unary("Evaluate", request, 10.0))
+    return client.call_all("evaluate", client.unary("Evaluate", request, 10.0))
 
 
 @pytest.mark.parametrize(
@@ -337,7 +337,7 @@ def test_shapes_that_do_not_chain_are_refused_by_every_participant(env):
 def test_fetch_errors(env):
     _, client, job, _ = env
     _still_serving(env)
-    md, batch = client._metadata, job.next_batch - 1
+    md, batch = client.metadata, job.next_batch - 1
     stub = client.stub(0)
     code, details = _code(
         lambda: list(
@@ -371,7 +371,7 @@ def test_shares_never_appear_in_errors_or_logs(env):
     share = suite_class("2pc").split(FP.encode(np.full((2, 3), 1234.5)), system_prg())
     canaries = {str(int(v)) for s in share for v in s.ravel()}
     chunks = [_chunk(job.job_id, "x", (1, 2, 3), 48, share[0].tobytes()[:40])]
-    _, details = _code(lambda: client.stub(0).Upload(iter(chunks), timeout=5, metadata=client._metadata))
+    _, details = _code(lambda: client.stub(0).Upload(iter(chunks), timeout=5, metadata=client.metadata))
     logs = "".join(p.read_text() for p in (config.run_dir / "logs").glob("*.log"))
     for canary in canaries:
         assert canary not in details and canary not in logs

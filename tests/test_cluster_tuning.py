@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers_models import make_tiny_model, random_batch
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient
 from model_owner.share import share_model
 from mpc_core.nn import (
@@ -28,7 +29,6 @@ from mpc_core.suites import suite_class
 from proto.contracts import padding_lengths, padding_mask
 from server.execute import run_in_process
 from server.model_store import load_model
-from server.testing import running_cluster
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -213,8 +213,8 @@ def test_padding_lengths_refuses_masks_that_are_not_right_padded():
 def test_parameters_of_a_large_split_fit_the_servers_parameter_limit():
     """Lengths, not [n, T] masks: one request over 2,000 examples of 128 tokens stays under the default
     ``max_params_bytes`` (a mask of that size would take about 1 MB as JSON)."""
+    from contract.cluster import Limits
     from proto.contracts import TuningParams
-    from server.config import Limits
 
     params = TuningParams(
         split="test.p0",

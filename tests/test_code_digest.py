@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 
 import server.code_digest as code_digest
-from server import jobs
+from server import job_state as jobs
 
 
 def test_digest_follows_every_byte_of_the_protocol_packages(tmp_path, monkeypatch) -> None:

@@ -141,7 +141,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_run_folder(
     elif case == "small_budget":
         extra = ["--popsize", "6", "--budget", "5"]
     elif case == "cluster_down":
-        from server.testing import write_test_cluster
+        from cluster_ops.testing import write_test_cluster
 
         cluster = write_test_cluster(tmp_path / "cluster", "2pc", certs=False)
         args = run_args(model, bad, task, tmp_path / "run")

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(600)
 def test_secure_run_follows_the_plaintext_trajectory(
     tmp_path: Path, suite: str, max_sequences: int, pool: str
 ) -> None:
-    from server.testing import running_cluster
+    from cluster_ops.testing import running_cluster
 
     model, data, task = tiny_setup(tmp_path)
     share_model(model, suite, tmp_path / "cluster" / "model")

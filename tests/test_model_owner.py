@@ -11,11 +11,11 @@ import pytest
 from helpers_models import make_tiny_model
 from safetensors.numpy import load_file
 
+from contract.manifest import ShareManifest, party_file_tensors, sha256_file
+from data_owner.embedding import PublicEmbeddings
 from model_owner.cli import main
 from model_owner.share import reconstruct, share_model
-from mpc_core.nn.embedding import PublicEmbeddings
-from mpc_core.nn.manifest import ShareManifest, sha256_file
-from mpc_core.nn.weights import CheckpointError, load_checkpoint, party_file_tensors, split_public
+from mpc_core.nn.weights import CheckpointError, load_checkpoint, split_public
 from mpc_core.ring import FixedPoint
 
 PARTIES = {"2pc": 2, "3pc": 3}

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from security_report import record
 
-import server.security as security
+import contract.channels as security
+from cluster_ops.testing import cluster_dict, free_ports, running_cluster
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.ring import FixedPoint
-from server.testing import cluster_dict, free_ports, running_cluster
 from tests.latency_proxy import LatencyProxy
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.security]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers_llama import hf_causal_lm, make_tiny_llama
 
+from contract.manifest import ShareManifest
 from model_owner.checkpoints import read_checkpoint
 from model_owner.cli import main as share_cli
 from model_owner.share import reconstruct, share_model
@@ -33,7 +34,6 @@ from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_config import DecoderConfig
 from mpc_core.nn.llama_weights import load_llama_checkpoint
 from mpc_core.nn.loss import cross_entropy
-from mpc_core.nn.manifest import ShareManifest
 from mpc_core.nn.weights import CheckpointError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers_llama import make_tiny_llama
 
+from contract.manifest import load_party_shares
 from model_owner.share import share_model
 from mpc_core.functions.rmsnorm import RMSNORM_MS_DOMAIN, rms_norm
 from mpc_core.functions.silu import (
@@ -27,7 +28,6 @@ from mpc_core.nn.decoder_backend import PlainDecoderBackend, SecureDecoderBacken
 from mpc_core.nn.decoder_cache import candidate_losses, extend, prefill, suffix_tokens
 from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_weights import load_llama_checkpoint
-from mpc_core.nn.weights import load_party_shares
 from mpc_core.ring import FixedPoint
 from mpc_core.runtime import run_parties
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from helpers_models import make_tiny_model, random_batch
 
+from contract.manifest import load_party_shares
+from data_owner.embedding import PublicEmbeddings
 from model_owner.share import share_model
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_logits, candidate_losses
 from mpc_core.nn.config import AttentionConfig
-from mpc_core.nn.embedding import PublicEmbeddings
 from mpc_core.nn.heads import MLMHead, SimilarityHead
-from mpc_core.nn.weights import load_checkpoint, load_party_shares
+from mpc_core.nn.weights import load_checkpoint
 from mpc_core.runtime import run_parties
 
 SUITES = ["2pc", "3pc"]

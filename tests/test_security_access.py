@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 from security_report import record
 
+from cluster_ops.certs import create_authority, issue, load_authority, write_private
+from cluster_ops.launcher import LocalCluster
+from cluster_ops.testing import running_cluster, write_test_cluster
+from contract.channels import CredentialError, channel_options
+from contract.cluster import load_config
 from data_owner.client import ClusterClient
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, party_pb2_grpc, peer_pb2, peer_pb2_grpc
-from server.certs import create_authority, issue, load_authority, write_private
-from server.config import load_config
 from server.jobs import JobSpec
-from server.launcher import LocalCluster
-from server.security import CredentialError, channel_options
-from server.testing import running_cluster, write_test_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(180)]
 

@@ -30,17 +30,17 @@ from safetensors.numpy import load_file, save_file
 from security_report import record
 from test_data_owner_common import synthetic_rows, tiny_config, write_split, write_task
 
+from cluster_ops.launcher import LocalCluster
+from cluster_ops.testing import write_test_cluster
+from contract.cluster import load_config
+from contract.manifest import party_file_tensors
 from data_owner.client import ClusterClient, ClusterError
 from data_owner.runfolder import RunFolder
 from data_owner.tuner import Tuner
 from model_owner.share import share_model
-from mpc_core.nn.weights import party_file_tensors
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
-from server.config import load_config
-from server.launcher import LocalCluster
-from server.testing import write_test_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(600)]
 

@@ -41,6 +41,7 @@ from helpers_models import ONE_LAYER, make_tiny_model
 from security_report import record, scale
 from test_data_owner_common import synthetic_rows, write_split, write_task
 
+from cluster_ops.testing import running_cluster
 from data_owner.checkpoint import load_checkpoint
 from data_owner.cli import EXIT_CLUSTER, main
 from data_owner.client import PROBE_TIMEOUT_S, ClusterClient
@@ -48,7 +49,6 @@ from data_owner.config import RunConfig
 from data_owner.runfolder import CHECKPOINT, CONFIG, RunFolder
 from data_owner.tuner import Tuner
 from model_owner.share import share_model
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.slow, pytest.mark.timeout(3600)]
 

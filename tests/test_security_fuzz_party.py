@@ -39,10 +39,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from security_report import record, scale
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, RemoteJob
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, party_pb2_grpc
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(900)]
 
@@ -194,7 +194,7 @@ calls = st.one_of(
 def job_state(env: Env, job_id: str) -> tuple:
     """What a refused call must leave as it was: a job's uploads, batches and state on P0."""
     try:
-        reply = env.stub.JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client._metadata)
+        reply = env.stub.JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client.metadata)
     except grpc.RpcError as exc:
         return (exc.code().name,)
     uploads = sorted((t.name, tuple(t.shape)) for t in reply.uploaded)
@@ -209,7 +209,7 @@ class Case:
         self.sandbox = env.fresh_id()
         self.closed = env.fresh_id()
         self.opened: list[str] = []
-        md = env.client._metadata
+        md = env.client.metadata
         spec = party_pb2.JobSpec(program="affine", suite="2pc", frac_bits=16)
         for job_id in (self.sandbox, self.closed):
             env.stub.OpenJob(party_pb2.OpenJobRequest(job_id=job_id, spec=spec), timeout=5, metadata=md)
@@ -234,7 +234,7 @@ class Case:
         return token
 
     def call(self, spec: tuple) -> tuple[str, Callable[[], object]]:
-        stub, md, t = self.env.stub, self.env.client._metadata, CALL_TIMEOUT_S
+        stub, md, t = self.env.stub, self.env.client.metadata, CALL_TIMEOUT_S
         kind = spec[0]
         if kind == "open":
             job_id = self.resolve(spec[1], write=False)
@@ -307,7 +307,7 @@ class Case:
         return job_state(self.env, self.sandbox)
 
     def cleanup(self) -> None:
-        md = self.env.client._metadata
+        md = self.env.client.metadata
         for job_id in {self.sandbox, *self.opened} - {self.env.reference.job.job_id}:
             outcome_of(
                 lambda job_id=job_id: self.env.stub.CloseJob(
@@ -394,7 +394,7 @@ def test_party_api_mutation_fuzzing(env: Env) -> None:
     """Random byte edits of valid requests, sent raw (the server parses them itself)."""
     tally = FuzzTally("mutation")
     rng = random.Random(FUZZ_SEED)
-    md = env.client._metadata
+    md = env.client.metadata
     rss_before = env.rss()
     start = time.monotonic()
     for i in range(MUTATION_CASES):
@@ -454,7 +454,7 @@ def test_names_with_control_characters_are_refused_everywhere(env: Env) -> None:
     """Job ids and tensor names are matched whole: a trailing newline (or any control character) is
     INVALID_ARGUMENT on OpenJob, JobStatus, CloseJob, Upload, Evaluate and FetchResult, and no job or
     upload appears."""
-    md = env.client._metadata
+    md = env.client.metadata
     bad_ids = [*(f"a{c}" for c in CONTROL_CHARACTERS), "b" * 64 + "\n", "\njob"]
     bad_names = [*(f"x{c}" for c in CONTROL_CHARACTERS), "\nx"]
     before = job_state(env, env.reference.job.job_id)
@@ -508,7 +508,7 @@ def test_names_with_control_characters_are_refused_everywhere(env: Env) -> None:
 
 def test_invalid_utf8_in_every_string_field_is_invalid_argument(env: Env) -> None:
     """proto3 strings must be UTF-8: each party-API string field carrying bad bytes gets INVALID_ARGUMENT."""
-    md = env.client._metadata
+    md = env.client.metadata
     bad = b"\xff\xfe\xc0"
     cases = {
         "OpenJob job_id": ("OpenJob", b"\x0a" + bytes([len(bad)]) + bad),

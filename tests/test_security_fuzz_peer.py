@@ -40,11 +40,11 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from security_report import record, scale
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, RemoteJob
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2, peer_pb2
 from server.jobs import JobSpec
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(900)]
 
@@ -106,14 +106,14 @@ class Env:
             job_id=job_id, spec=party_pb2.JobSpec(program="affine", suite="2pc", frac_bits=16)
         )
         for p in (1, 2):
-            self.client.stub(p).OpenJob(request, timeout=5, metadata=self.client._metadata)
+            self.client.stub(p).OpenJob(request, timeout=5, metadata=self.client.metadata)
         return job_id
 
     def close_sandbox(self, job_id: str) -> None:
         for p in (1, 2):
             try:
                 self.client.stub(p).CloseJob(
-                    party_pb2.JobRef(job_id=job_id), timeout=5, metadata=self.client._metadata
+                    party_pb2.JobRef(job_id=job_id), timeout=5, metadata=self.client.metadata
                 )
             except grpc.RpcError as exc:  # the fuzz stream may have aborted it: that is allowed
                 assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
@@ -126,7 +126,7 @@ class Env:
             return
         try:
             reply = self.client.stub(target).JobStatus(
-                party_pb2.JobRef(job_id=sandbox), timeout=5, metadata=self.client._metadata
+                party_pb2.JobRef(job_id=sandbox), timeout=5, metadata=self.client.metadata
             )
         except grpc.RpcError as exc:
             tally.problems.append(f"refused with {outcome.code.name}, yet the job is gone: {exc.details()}")
@@ -379,9 +379,7 @@ def test_replayed_hellos_and_frames_change_nothing(env: Env) -> None:
 
 def _status_code(env: Env, job_id: str) -> grpc.StatusCode:
     try:
-        env.client.stub(1).JobStatus(
-            party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client._metadata
-        )
+        env.client.stub(1).JobStatus(party_pb2.JobRef(job_id=job_id), timeout=5, metadata=env.client.metadata)
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK

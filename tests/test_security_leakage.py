@@ -300,7 +300,7 @@ def independence_p_values(shares: list[np.ndarray], weights: list[np.ndarray]) -
 
 def party_views(out, party: int, names: list[str]) -> list[list[np.ndarray]]:
     """What one party can look at, per tensor: each slot of its file and, in 3pc, the sum of its slots."""
-    from mpc_core.nn.weights import party_file_tensors
+    from contract.manifest import party_file_tensors
 
     files = party_file_tensors(out, party)
     slots = [[files[n][s].ravel() for n in names] for s in range(files[names[0]].shape[0])]

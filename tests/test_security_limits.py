@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from security_report import record, scale
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient, ClusterError
 from mpc_core.prg import PRG
 from mpc_core.ring import FixedPoint
 from proto.api import party_pb2
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(300)]
 
@@ -185,7 +185,7 @@ def test_server_byte_limit_counts_uploads_in_flight(cluster):
         yield party_pb2.UploadChunk(header=header, data=bytes(8 * KiB))
         release.wait(30)
 
-    stall_call = client.stub(0).Upload.future(stalled(), timeout=30, metadata=client._metadata)
+    stall_call = client.stub(0).Upload.future(stalled(), timeout=30, metadata=client.metadata)
     time.sleep(0.5)
     code, message = _refusal(lambda: jobs[3].upload("y", np.zeros(2 * KiB, dtype=np.uint64)))  # 16 KiB
     # P0 refuses (its budget counts the stalled 40 KiB); P1 has room and accepts
@@ -212,7 +212,7 @@ def test_memory_limit_refuses_new_work(tmp_path):
 
 
 def test_limit_defaults_are_set():
-    from server.config import Limits
+    from contract.cluster import Limits
     from server.resources import ResourceGuard, physical_memory_bytes
 
     limits = Limits()
@@ -286,7 +286,7 @@ def test_sigterm_finishes_short_batches_and_aborts_long_ones(tmp_path):
             job_id="late", spec=party_pb2.JobSpec(program="rounds", suite="2pc", frac_bits=16)
         )
         with pytest.raises(grpc.RpcError) as late:
-            client.stub(1).OpenJob(ref, timeout=5, metadata=client._metadata)
+            client.stub(1).OpenJob(ref, timeout=5, metadata=client.metadata)
         assert late.value.code() == Code.UNAVAILABLE and "shutting down" in late.value.details()
         with pytest.raises(ClusterError) as batch:
             idle.evaluate(params={"rounds": 2})

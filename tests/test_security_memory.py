@@ -17,9 +17,9 @@ import grpc
 import pytest
 from security_report import record
 
+from cluster_ops.testing import running_cluster
 from data_owner.client import ClusterClient
 from proto.api import party_pb2
-from server.testing import running_cluster
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(300)]
 
@@ -43,7 +43,7 @@ def short_upload(client: ClusterClient, job_id: str, name: str, declared: int = 
     )
     chunks = [party_pb2.UploadChunk(header=header, data=bytes(8))]
     try:
-        client.stub(0).Upload(iter(chunks), timeout=30, metadata=client._metadata)
+        client.stub(0).Upload(iter(chunks), timeout=30, metadata=client.metadata)
     except grpc.RpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK

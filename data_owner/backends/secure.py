@@ -164,7 +164,7 @@ class SecureOracle(LossOracle):
                 self.job.close()
             else:
                 reachable = [p for p in self.job.client.participants if p not in self.failure.unreachable]
-                self.job.client._close_quietly(self.job.job_id, reachable, timeout_s=CLOSE_AFTER_FAILURE_S)
+                self.job.client.close_quietly(self.job.job_id, reachable, timeout_s=CLOSE_AFTER_FAILURE_S)
         except ClusterError:
             pass
         finally:
@@ -181,7 +181,7 @@ class SecureOracle(LossOracle):
         itself was killed) keeps the job: a peer's orderly close does not drop it, and nothing else does
         until ``job_idle_timeout_s`` (an hour by default) while it occupies one of ``max_jobs`` slots."""
         if job_ref != self.job.job_id:
-            self.job.client._close_quietly(job_ref, self.job.client.participants, timeout_s=RELEASE_TIMEOUT_S)
+            self.job.client.close_quietly(job_ref, self.job.client.participants, timeout_s=RELEASE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ pieces
     def _upload(self, name: str, value: np.ndarray) -> None:
@@ -220,19 +220,20 @@ class SecureOracle(LossOracle):
         values = []
         t0 = time.perf_counter()
         for g in range(0, len(prompts), group):
-            self._upload("prompts", prompts[g : g + group])
-            self._guard(self.job.evaluate, inputs, params)
-            value = self._guard(self.job.reveal_float, output)
+            # one call per participant: the candidates' shares inline, the result shares and statistics back
+            ring = self.fp.encode(np.asarray(prompts[g : g + group], dtype=np.float64))
+            generation = self._guard(self.job.generate, {"prompts": ring}, inputs, params, [output])
+            self.cost.bytes_sent += suite_class(self.job.suite).share_bytes(ring.size) * self.parties
+            value = generation.reveal_float(output)
             self.cost.bytes_received += suite_class(self.job.suite).share_bytes(value.size) * self.parties
             self.cost.rounds += 1
             values.append(np.asarray(value, dtype=np.float64))
         self.cost.seconds += time.perf_counter() - t0
-        self._server_traffic()
+        self._server_traffic(generation.metrics)
         return np.concatenate(values, axis=0)
 
-    def _server_traffic(self) -> None:
+    def _server_traffic(self, metrics: dict) -> None:
         """Peer bytes (all participants) and online rounds (the busiest party) of this job so far."""
-        metrics = self._guard(self.job.metrics)
         self.cost.server_bytes = int(sum(m["wire"].get("bytes_sent", 0) for m in metrics.values()))
         self.cost.server_rounds = int(
             max(sum(op["rounds"] for op in m["ops"].values()) for m in metrics.values())

@@ -10,8 +10,8 @@ is ``x @ W + b``:
     mlm.dense.{weight [H, H], bias}  mlm.ln.{weight,bias}  mlm.decoder.{weight [H, V], bias [V]}  (MLM head)
 
 ``emb.*`` is the public embedding layer; everything else is secret-shared.  A checkpoint's pooler and
-task heads are ignored.  This module reads checkpoints and share files; it never writes (the model owner's
-tool does) and never logs a value.
+task heads are ignored.  This module reads checkpoints; it never writes (the model owner's tool does) and
+never logs a value.  Party share files are read by :mod:`contract.manifest`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mpc_core.nn.config import EncoderConfig, UnsupportedModelError
-from mpc_core.nn.manifest import ShareManifest, sha256_file
 
 if TYPE_CHECKING:
     from mpc_core.context import Context
-    from mpc_core.tensor import SharedTensor
 
 PUBLIC_PREFIX = "emb."
 
@@ -243,58 +241,12 @@ def split_public(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarra
     return public, secret
 
 
-# ---------------------------------------------------------------------------------------------- share files
-def party_file_tensors(
-    folder: str | Path, party: int, manifest: ShareManifest | None = None
-) -> dict[str, np.ndarray]:
-    """One party's share arrays (uint64, leading slot axis), after checking its hash against the manifest."""
-    from safetensors.numpy import load_file
-
-    folder = Path(folder)
-    manifest = manifest or ShareManifest.read(folder)
-    entry = manifest.party_file(party)
-    path = folder / entry.file
-    if not path.is_file():
-        raise CheckpointError(f"share file {entry.file} for party {party} is missing in {folder}")
-    if sha256_file(path) != entry.sha256:
-        raise CheckpointError(f"share file {entry.file} does not match the SHA-256 in the manifest")
-    try:
-        shares = load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(f"share file {entry.file} is unreadable ({type(exc).__name__})") from None
-    if set(shares) != set(manifest.tensors):
-        raise CheckpointError(f"share file {entry.file} does not hold exactly the tensors of the manifest")
-    return shares
-
-
-def load_party_shares(ctx: Context, folder: str | Path) -> dict[str, SharedTensor]:
-    """This participant's shares of every secret tensor as SharedTensors (the 2pc dealer gets placeholders).
-
-    Checks suite and fixed-point parameters against the context and the file's hash against the manifest;
-    matrix weights are marked ``.fixed(name)`` so their Beaver masks are opened once per context.
-    """
-    from mpc_core.tensor import SharedTensor
-
-    manifest = ShareManifest.read(folder)
-    if manifest.suite != ctx.suite.name:
-        raise ValueError(
-            f"the model was shared for suite {manifest.suite}, this context runs {ctx.suite.name}"
-        )
-    if manifest.fixed_point.frac_bits != ctx.fp.frac_bits:
-        raise ValueError(
-            f"the model was encoded with {manifest.fixed_point.frac_bits} fractional bits, "
-            f"this context uses {ctx.fp.frac_bits}"
-        )
-    shares = None if ctx.is_dealer else party_file_tensors(folder, ctx.participant, manifest)
-    out: dict[str, SharedTensor] = {}
-    for name, shape in manifest.tensors.items():
-        tensor = SharedTensor.from_share(ctx, None if shares is None else shares[name], tuple(shape))
-        out[name] = tensor.fixed(name) if is_matrix_weight(name, shape) else tensor
-    return out
-
-
+# ---------------------------------------------------------------------------------------------- shares
 def wrap_shares(ctx: Context, shares: Mapping[str, np.ndarray] | None, shapes: Mapping[str, tuple[int, ...]]):
-    """In-memory :func:`load_party_shares` (tests, benchmarks): shares per name, None at the dealer."""
+    """Shares per name as SharedTensors of ``ctx`` (None at the dealer); weight matrices marked fixed.
+
+    :func:`contract.manifest.load_party_shares` reads them from a share folder first.
+    """
     from mpc_core.tensor import SharedTensor
 
     out = {}
@@ -312,8 +264,6 @@ __all__ = [
     "is_matrix_weight",
     "is_public",
     "load_checkpoint",
-    "load_party_shares",
-    "party_file_tensors",
     "read_hf_config",
     "split_public",
     "wrap_shares",

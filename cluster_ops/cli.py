@@ -19,8 +19,8 @@ from pathlib import Path
 
 import click
 
-from server.config import ClusterConfig, ConfigError, load_config, parse_config
-from server.defaults import DEFAULT_CONFIG_YAML
+from cluster_ops.defaults import DEFAULT_CONFIG_YAML
+from contract.cluster import ClusterConfig, ConfigError, load_config, parse_config
 
 
 def _load(config_path: str | None, write_default: bool = True) -> tuple[ClusterConfig, str]:
@@ -35,7 +35,7 @@ def _load(config_path: str | None, write_default: bool = True) -> tuple[ClusterC
         return config, ""
     path = config.run_dir / "cluster.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    from server.config import dump_config
+    from contract.cluster import dump_config
 
     path.write_text(dump_config(config))
     return config, str(path.resolve())
@@ -60,7 +60,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="replace existing certificates (and the CA)")
 def certs(config_path: str | None, overwrite: bool) -> None:
     """Create a local CA and certificates for every participant and the data owner."""
-    from server.certs import write_cluster_certs
+    from cluster_ops.certs import write_cluster_certs
 
     config, _ = _load(config_path)
     try:
@@ -76,8 +76,8 @@ def certs(config_path: str | None, overwrite: bool) -> None:
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, help="seconds to wait for SERVING")
 def up(config_path: str | None, insecure: bool, timeout_s: float) -> None:
     """Start every server of the cluster and wait until all serve."""
-    from server.certs import write_cluster_certs
-    from server.launcher import LocalCluster, is_our_server, read_state
+    from cluster_ops.certs import write_cluster_certs
+    from cluster_ops.launcher import LocalCluster, is_our_server, read_state
 
     config, path = _load(config_path)
     state = read_state(config.run_dir)
@@ -110,7 +110,7 @@ def up(config_path: str | None, insecure: bool, timeout_s: float) -> None:
 @config_option
 def down(config_path: str | None) -> None:
     """Stop the servers started by `up`."""
-    from server.launcher import stop_recorded
+    from cluster_ops.launcher import stop_recorded
 
     config, _ = _load(config_path)
     stopped = stop_recorded(config.run_dir)
@@ -121,8 +121,8 @@ def down(config_path: str | None) -> None:
 @config_option
 def status(config_path: str | None) -> None:
     """Show each server's process, health and open jobs (exit code 1 unless all serve)."""
-    from server.launcher import health_status, is_our_server, read_state
-    from server.security import CredentialError, load_credentials
+    from cluster_ops.launcher import health_status, is_our_server, read_state
+    from contract.channels import CredentialError, load_credentials
 
     config, _ = _load(config_path)
     state = read_state(config.run_dir)
@@ -159,8 +159,8 @@ def health(
     config_path: str | None, participant: int, identity: str | None, insecure: bool, timeout_s: float
 ) -> None:
     """Exit 0 iff one server reports SERVING (standard gRPC health checking; container health checks)."""
-    from server.launcher import health_status
-    from server.security import CredentialError, load_credentials
+    from cluster_ops.launcher import health_status
+    from contract.channels import CredentialError, load_credentials
 
     config, _ = _load(config_path, write_default=False)
     party = config.party(participant)
@@ -189,7 +189,7 @@ def _open_jobs(config: ClusterConfig, insecure: bool) -> dict[int, int]:
     try:
         for p in client.participants:
             with contextlib.suppress(grpc.RpcError):
-                jobs[p] = client._unary("ServerInfo", party_pb2.ServerInfoRequest(), 3.0)(p).open_jobs
+                jobs[p] = client.unary("ServerInfo", party_pb2.ServerInfoRequest(), 3.0)(p).open_jobs
     finally:
         client.close()
     return jobs

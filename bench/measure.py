@@ -1,6 +1,6 @@
 """Measure every function against float64 on its documented domain: errors, rounds, bytes per element.
 
-``python -m mpc_core.functions.measure [elements]`` prints the table of docs/functions.md.  References are
+``python -m bench.measure [elements]`` prints the table of docs/functions.md.  References are
 computed on the encoded inputs (what the engine holds), so the errors are those the protocols add.
 Bytes are summed over all participants (the 2pc dealer's offline traffic included) and divided by the
 number of input elements; rounds are the largest count of any participant.

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.manifest import ShareManifest
 from mpc_core.nn.config import EncoderConfig
-from mpc_core.nn.manifest import ShareManifest
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cluster_ops.certs import write_cluster_certs
+from cluster_ops.launcher import LocalCluster
+from contract.cluster import ClusterConfig, load_config
 from mpc_core.prg import system_prg
 from mpc_core.ring import FixedPoint
 from mpc_core.suites import suite_class
-from server.certs import write_cluster_certs
-from server.config import ClusterConfig, load_config
-from server.launcher import LocalCluster
 
 
 def free_ports(count: int) -> list[int]:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from server.config import ClusterConfig
+from contract.cluster import ClusterConfig
 
 KEY_MODE = 0o600
 

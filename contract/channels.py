@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from server.config import ClusterConfig
+from contract.cluster import ClusterConfig
 
 IDENTITY_HEADER = "x-secp-identity"
 #: Room for a frame's fields besides its tensor bytes (tags, shapes, ids are all short).

@@ -20,8 +20,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import BaseModel
 
-from server.config import ClusterConfig
-from server.security import Credentials, channel_credentials, channel_options, identity_metadata
+from contract.channels import Credentials, channel_credentials, channel_options, identity_metadata
+from contract.cluster import ClusterConfig
 
 STATE_FILE = "processes.json"
 
@@ -176,7 +176,7 @@ class LocalCluster:
     def _health_credentials(self) -> Credentials | None:
         if self.insecure:
             return None
-        from server.security import load_credentials
+        from contract.channels import load_credentials
 
         return load_credentials(self.config, self.config.data_owner.name)
 
