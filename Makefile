@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-security bench lint clean cluster demo
+.PHONY: install test test-fast test-security bench lint clean cluster demo image compose-up compose-down test-containers
 
 install: $(STAMP)
 
@@ -47,6 +47,29 @@ bench: install
 cluster: install
 	$(BIN)/python -m proto.build
 	$(BIN)/secp-cluster up --config cluster.example.yaml
+
+# Containers (docs/deploy.md).  The topology is cluster.example.yaml's, as for `make cluster`:
+# deploy/stage.py gives each container its own folder (cluster file, own certificate, key and share file).
+# MODEL: a secp-share-model folder for 2pc; SECP_BASE_IMAGE: the image's base (default: python:3.11-slim
+# when present, else a Debian minbase image built with debootstrap).
+MODEL ?= .cluster/model
+image:
+	deploy/build-image.sh
+
+compose-up: install image
+	test -f .cluster/certs/ca.pem || $(BIN)/secp-cluster certs --config cluster.example.yaml
+	$(BIN)/python deploy/stage.py --config cluster.example.yaml --model $(MODEL) --out .cluster/compose
+	$(COMPOSE) up --detach --no-build
+
+compose-down:
+	$(COMPOSE) down
+
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo docker compose || echo docker-compose)
+
+# Docker installed and started if missing (root), then the container tests alone.
+test-containers: install
+	bash deploy/docker-setup.sh
+	$(BIN)/python -m pytest -q tests/test_cluster_containers.py tests/test_cluster_hosts.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,6 +21,10 @@ from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import NOT_PRIVATE
 
 EXIT_INPUT, EXIT_CLUSTER, EXIT_INTERRUPT = 2, 3, 130
+#: scores (accuracy or F1) in the results: printed in percent, the one unit of every output (and the docs)
+PERCENT_KEYS = frozenset(
+    {"tuned", "tuned_accuracy", "zero_shot", "zero_shot_accuracy", "zero_shot_dev", "best_dev"}
+)
 
 
 def _err_console() -> Console:
@@ -77,14 +81,19 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     for key, value in result.items():
         if key in ("config", "eval", "task_spec", "privacy", "cost"):
             continue
-        if isinstance(value, float):
+        if key == "gain":
+            value = f"{value:+.2f} points"
+        elif key in PERCENT_KEYS:
+            value = f"{value:.2f}%"
+        elif isinstance(value, float):
             value = f"{value:.4f}"
         console.print(f"  {key}: {value}", highlight=False)
-    for split, ev in result.get("eval", {}).items():
-        line = f"  eval {split}: tuned {ev['tuned']:.4f}"
+    for name, ev in result.get("eval", {}).items():
+        line = f"  eval {name}: tuned {ev['tuned']:.2f}%"
         if "zero_shot" in ev:
-            line += f", zero-shot {ev['zero_shot']:.4f}, gain {ev['gain']:+.4f}"
-        console.print(line + f" ({ev['metric']}, {ev['examples']} examples)", highlight=False)
+            line += f", zero-shot {ev['zero_shot']:.2f}%, gain {ev['gain']:+.2f} points"
+        where = f", {ev['file']}" if "file" in ev else ""
+        console.print(line + f" ({ev['metric']}, {ev['examples']} examples{where})", highlight=False)
 
 
 def banner(label: str, private: bool) -> None:
@@ -105,7 +114,7 @@ def run_with_progress(make_tuner, quiet: bool) -> dict[str, Any]:
     tuner = make_tuner(on_progress)
     cfg = tuner.s.config
     banner(tuner.s.oracle.label, tuner.s.oracle.private)
-    label = f"{cfg.task} [{tuner.s.oracle.label}]"
+    label = f"{Path(cfg.task).stem} [{tuner.s.oracle.label}]"  # text, not rich markup (progress.py)
     with TuningProgress(
         _err_console(), label, cfg.generations * cfg.popsize, tuner.state["calls"], enabled=not quiet
     ) as bar:
@@ -121,70 +130,113 @@ def main() -> None:
     tune_allocator()  # the plain backend's forward allocates large arrays (mpc_core/allocator.py)
 
 
+def recipe_option(field: str, *decls: str, shown: str | None = None, **kwargs: Any):
+    """A ``run`` option for a :class:`RunConfig` field: its help and default come from the field itself (one
+    source) and ``--help`` shows both.  Only options given on the command line override a ``--config``
+    file (:func:`given_options`)."""
+    from data_owner.config import RunConfig
+
+    info = RunConfig.model_fields[field]
+    show: bool | str = True if shown is None else shown
+    return click.option(
+        *decls, default=info.default, show_default=show, help=kwargs.pop("help", info.description), **kwargs
+    )
+
+
+def given_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user set (command line or environment), not click's defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {k: v for k, v in options.items() if ctx.get_parameter_source(k) in given}
+
+
 @main.command()
 @click.option(
     "--task", required=True, help="built-in task (sst2, yelp_polarity, ag_news, mrpc, rte) or a task file"
 )
-@click.option("--data-dir", default=None, help="folder with train/dev/test files [data/<task>]")
-@click.option("--model", default=None, help="model folder [the bundled all-MiniLM-L6-v2]")
+@click.option(
+    "--data-dir",
+    default=None,
+    show_default="the bundled data/<task>",
+    help="folder with train/dev/test files (the bundled one is found from the installation, not the "
+    "current directory); stored in the run folder as an absolute path",
+)
+@click.option(
+    "--model",
+    default=None,
+    show_default="the bundled all-MiniLM-L6-v2",
+    help="model folder (stored absolute)",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder to create")
-@click.option("--backend", type=click.Choice(["plain", "secure"]), default="secure", show_default=True)
-@click.option("--suite", type=click.Choice(["2pc", "3pc"]), default="2pc", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["plain", "secure"]),
+    default="secure",
+    show_default=True,
+    help="secure: the model on a cluster, as secret shares; plain: in this process, NOT PRIVATE (studies)",
+)
+@click.option(
+    "--suite",
+    type=click.Choice(["2pc", "3pc"]),
+    default="2pc",
+    show_default=True,
+    help="secure backend: protocol",
+)
 @click.option("--cluster", default=None, help="secure backend: the cluster file (cluster.yaml)")
 @click.option(
     "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
 )
-@click.option("--max-sequences", type=int, default=None, help="secure backend: most sequences per request")
-@click.option("--head", type=click.Choice(["auto", "similarity", "mlm"]), default="auto", show_default=True)
-@click.option("--prompt-length", "-L", type=int, default=None)
-@click.option("--intrinsic-dim", "-d", type=int, default=None)
-@click.option("--popsize", type=int, default=None)
-@click.option("--sigma0", type=float, default=None)
-@click.option("--budget", type=int, default=None, help="training calls (candidate evaluations)")
-@click.option("--seed", type=int, default=None)
-@click.option("--alpha", type=float, default=None, help="projection scale multiplier")
-@click.option("--scale-ref", type=click.Choice(["word", "output"]), default=None)
-@click.option("--loss", type=click.Choice(["task", "ce", "hinge"]), default=None)
-@click.option("--eval-every", type=int, default=None, help="score the dev set every N calls")
-@click.option("--k-shot", type=int, default=None, help="resample k examples per class from train and dev")
-@click.option("--max-length", type=int, default=None)
-@click.option(
-    "--placeholder",
-    default=None,
-    help="token whose rows carry the prompt [unknown token]; 'none': add the prompt to the text's first rows",
-)
-@click.option(
-    "--pool",
-    type=click.Choice(["all", "text"]),
-    default=None,
-    help="rows the similarity head pools [text]: the text without the placeholder rows, or all real tokens",
-)
-@click.option("--attention", type=click.Choice(["softmax", "rfa", "favor"]), default=None)
-@click.option("--features", type=int, default=None, help="random features for rfa/favor attention")
+@recipe_option("max_sequences", "--max-sequences", type=int)
+@recipe_option("head", "--head", type=click.Choice(["auto", "similarity", "mlm"]))
+@recipe_option("prompt_length", "--prompt-length", "-L", type=int)
+@recipe_option("intrinsic_dim", "--intrinsic-dim", "-d", type=int)
+@recipe_option("popsize", "--popsize", type=int)
+@recipe_option("sigma0", "--sigma0", type=float)
+@recipe_option("budget", "--budget", type=int)
+@recipe_option("seed", "--seed", type=int)
+@recipe_option("alpha", "--alpha", type=float)
+@recipe_option("scale_ref", "--scale-ref", type=click.Choice(["word", "output"]))
+@recipe_option("loss", "--loss", type=click.Choice(["task", "ce", "hinge"]))
+@recipe_option("eval_every", "--eval-every", type=int)
+@recipe_option("k_shot", "--k-shot", type=int, shown="none: the files as they are")
+@recipe_option("max_length", "--max-length", type=int)
+@recipe_option("placeholder", "--placeholder", shown="the tokenizer's unknown token")
+@recipe_option("pool", "--pool", type=click.Choice(["all", "text"]))
+@recipe_option("attention", "--attention", type=click.Choice(["softmax", "rfa", "favor"]))
+@recipe_option("features", "--features", type=int)
 @click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
     default=None,
-    help="YAML/JSON file with run options (command-line options override it)",
+    help="YAML/JSON file with run options, e.g. similarity_scale (command-line options override it)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON on stdout")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress display")
 @handle_errors
 def run(out: Path, config_file: Path | None, as_json: bool, quiet: bool, **options: Any) -> None:
-    """Start a tuning run in a new run folder OUT."""
+    """Start a tuning run in a new run folder OUT.
+
+    Progress goes to stderr: a live bar on a terminal, one line per generation otherwise (logs). Scores are
+    in percent.
+    """
     from data_owner.tuner import Tuner
 
-    config = build_config(config_file, options)
+    config = build_config(config_file, given_options(options))
     result = run_with_progress(lambda cb: Tuner.start(config, out, on_progress=cb), quiet)
     emit(result, as_json, f"run {out}")
 
 
 def build_config(config_file: Path | None, options: dict[str, Any]):
+    """The run's configuration, every path in it resolved once to an absolute path (the data folder
+    defaults to the bundled one), so that ``resume`` and ``eval`` work from any directory."""
     import yaml
     from pydantic import ValidationError
 
     from data_owner.config import RunConfig
+    from data_owner.data import bundled_data_dir
     from data_owner.task import builtin_tasks, short_error
 
     base: dict[str, Any] = {}
@@ -195,13 +247,20 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
         if not isinstance(base, dict):
             raise DataOwnerError(f"config file {config_file} must hold a mapping of run options")
     base.update({k: v for k, v in options.items() if v is not None})
+    base.setdefault("backend", "secure")  # the command's default: never plaintext unless asked for
     if "data_dir" not in base and base.get("task") in builtin_tasks():
-        base["data_dir"] = str(Path("data") / base["task"])
+        base["data_dir"] = str(bundled_data_dir(base["task"]))
     if "model" not in base:
         model = bundled_model()
         if model is None:
             raise DataOwnerError("no --model given and the bundled all-MiniLM-L6-v2 is not installed")
         base["model"] = model
+    for key in ("data_dir", "model"):
+        if isinstance(base.get(key), str | Path):
+            base[key] = str(Path(base[key]).resolve())
+    for key in ("task", "cluster"):  # a file name; a built-in task name or a cluster address stays as is
+        if isinstance(base.get(key), str | Path) and Path(base[key]).is_file():
+            base[key] = str(Path(base[key]).resolve())
     try:
         return RunConfig.model_validate(base)
     except ValidationError as exc:
@@ -233,26 +292,76 @@ def resume(run: Path, as_json: bool, quiet: bool) -> None:
 
 @main.command(name="eval")
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--split", default="test", show_default=True)
-@click.option("--data-dir", default=None, help="override the run's data folder")
+@click.option(
+    "--file",
+    "data_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="score this labelled file (.tsv/.csv/.jsonl, the task's columns) instead of a split",
+)
+@click.option(
+    "--split", default=None, show_default="test", help="score <data-dir>/SPLIT.tsv (or .csv/.jsonl)"
+)
+@click.option("--data-dir", default=None, show_default="the run's, as stored", help="folder of --split")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="replace an earlier eval_<name>.json; without it a new numbered record is written "
+    "(eval_<name>.2.json, ...), never replacing one",
+)
 @click.option("--no-baseline", is_flag=True, help="skip scoring the zero-shot prompt")
-@click.option("--backend", type=click.Choice(["plain", "secure"]), default=None, help="[the run's backend]")
+@click.option(
+    "--backend",
+    type=click.Choice(["plain", "secure"]),
+    default=None,
+    show_default="the run's",
+    help="backend",
+)
 @click.option("--cluster", default=None, help="secure backend: the cluster file")
-@click.option("--suite", type=click.Choice(["2pc", "3pc"]), default=None)
-@click.option("--insecure", is_flag=True, default=None)
+@click.option("--suite", type=click.Choice(["2pc", "3pc"]), default=None, help="secure backend: protocol")
+@click.option(
+    "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
+)
 @click.option("--max-sequences", type=int, default=None, help="secure backend: most sequences per request")
-@click.option("--model", default=None, help="model folder [the run's]")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--model", default=None, show_default="the run's", help="model folder")
+@click.option("--json", "as_json", is_flag=True, help="print the record as JSON on stdout")
 @handle_errors
 def eval_cmd(
-    run: Path, split: str, data_dir: str | None, no_baseline: bool, as_json: bool, **overrides: Any
+    run: Path,
+    data_file: Path | None,
+    split: str | None,
+    data_dir: str | None,
+    force: bool,
+    no_baseline: bool,
+    as_json: bool,
+    **overrides: Any,
 ) -> None:
-    """Score RUN's tuned prompt (and zero-shot) on a labelled split, on the run's or another backend."""
+    """Score RUN's saved tuned prompt (and zero-shot) on a labelled split or file, in percent.
+
+    The prompt is exactly the one the run saved (its scale fixed at training time). The record, with the
+    file's absolute path and sha256, is written to RUN/eval_<name>.json (name: the split, or the file's
+    stem; _<backend> added on another backend than the run's); an existing record is kept and the new one
+    numbered, unless --force.
+    """
     from data_owner.evaluate import evaluate
 
-    result = evaluate(run, split=split, data_dir=data_dir, baseline=not no_baseline, overrides=overrides)
+    if data_file is not None and (data_dir is not None or split is not None):
+        raise DataOwnerError("--file scores one file; it does not go with --split or --data-dir")
+    if overrides.get("model") is not None:
+        overrides["model"] = str(Path(overrides["model"]).resolve())
+    result = evaluate(
+        run,
+        split=split or "test",
+        data_dir=data_dir,
+        baseline=not no_baseline,
+        overrides=overrides,
+        file=data_file,
+        force=force,
+    )
     banner(result["backend"], result["private"])
-    emit(result, as_json, f"eval {run} on {split}")
+    emit(result, as_json, f"eval {run} on {result['file']}")
+    if not as_json:
+        _err_console().print(f"written: {Path(run) / result['output']}", highlight=False)
 
 
 @main.command()

@@ -33,30 +33,43 @@ class RunConfig(BaseModel):
     max_sequences: int = Field(
         default=0, ge=0, description="secure backend: most sequences per request (0: a generation in one)"
     )
-    head: Literal["auto", "similarity", "mlm"] = "auto"
-    similarity_scale: float = 20.0
-    prompt_length: int = Field(default=5, ge=1)
-    intrinsic_dim: int = Field(default=50, ge=1)
-    popsize: int = Field(default=20, ge=2)
-    sigma0: float = Field(default=1.0, gt=0)
+    head: Literal["auto", "similarity", "mlm"] = Field(
+        default="auto", description="output head; auto: MLM verbalizer if the model has one, else similarity"
+    )
+    similarity_scale: float = Field(
+        default=20.0, gt=0, description="similarity head: cosine scores times this before the loss"
+    )
+    prompt_length: int = Field(default=5, ge=1, description="prompt length L in tokens (rows of the prompt)")
+    intrinsic_dim: int = Field(
+        default=50, ge=1, description="intrinsic dimension d: CMA-ES searches z in R^d, prompt p = A z"
+    )
+    popsize: int = Field(default=20, ge=2, description="CMA-ES population: candidates per generation")
+    sigma0: float = Field(default=1.0, gt=0, description="CMA-ES initial step size in the intrinsic space")
     #: 200 calls (10 generations of 20): on SST-2 with all-MiniLM-L6-v2 the prompts kept after 200 calls
     #: scored as well or better on test than those kept after 400 (later dev checks pick prompts that fit
     #: the 32 training rows; docs/accuracy.md), at half the cost.
     budget: int = Field(
         default=200, ge=1, description="training calls; one call = one candidate on the train split"
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="seed of the projection A and of CMA-ES")
     alpha: float = Field(default=1.0, gt=0, description="projection scale multiplier (BBT alpha)")
-    scale_ref: Literal["word", "output"] = "output"
-    loss: Literal["task", "ce", "hinge"] = "task"
+    scale_ref: Literal["word", "output"] = Field(
+        default="output",
+        description="std the projection scale follows: the word embeddings (BBT) or the embedding-layer "
+        "output on the train split (fixed at training time, stored in the run folder)",
+    )
+    loss: Literal["task", "ce", "hinge"] = Field(
+        default="task",
+        description="training loss: the task's own (cross-entropy for the built-in tasks), ce or hinge",
+    )
     eval_every: int = Field(default=100, ge=1, description="score the dev set every this many calls")
     k_shot: int | None = Field(
-        default=None, ge=1, description="resample k per class (default: use files as is)"
+        default=None, ge=1, description="resample k examples per class from train and dev (seeded)"
     )
-    max_length: int = Field(default=128, ge=8)
+    max_length: int = Field(default=128, ge=8, description="most tokens per example (the text is cut to fit)")
     placeholder: str | None = Field(
         default=None,
-        description="token whose rows carry the prompt (default: the tokenizer's unknown token); 'none': no "
+        description="token whose rows carry the prompt (None: the tokenizer's unknown token); 'none': no "
         "placeholder rows, the prompt is added to the first L rows of the text (z = 0 is the plain input)",
     )
     pool: Literal["all", "text"] = Field(
@@ -68,12 +81,15 @@ class RunConfig(BaseModel):
         default="softmax", description="attention the servers compute (random-feature modes lose accuracy)"
     )
     features: int = Field(default=64, ge=2, description="random features for rfa/favor attention")
-    cma_diagonal: bool = False
+    cma_diagonal: bool = Field(default=False, description="CMA-ES with a diagonal covariance only")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.backend == "secure" and not self.cluster:
-            raise ValueError("the secure backend needs --cluster")
+            raise ValueError(
+                "the secure backend needs --cluster CLUSTER_FILE (a running cluster, see docs/cluster.md); "
+                "--backend plain runs without one, NOT PRIVATE"
+            )
         return self
 
     @property

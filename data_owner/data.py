@@ -26,6 +26,20 @@ from data_owner.task import TaskSpec
 
 FORMATS = (".tsv", ".csv", ".jsonl")
 
+#: The project's bundled few-shot data (``data/<task>``, see data/README.md), located from this package so
+#: that it does not depend on the current directory.
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def bundled_data_dir(task: str) -> Path:
+    """The absolute folder of a built-in task's bundled data; an error when it is missing."""
+    folder = BUNDLED_DATA / task
+    if not folder.is_dir():
+        raise DataOwnerError(
+            f"no --data-dir given and this installation has no bundled data for {task!r} ({folder})"
+        )
+    return folder
+
 
 @dataclass(frozen=True)
 class Example:

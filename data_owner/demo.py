@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     metric = report["metric"]
     print(
         f"\nSST-2, {report['examples']} test examples, scored on secret shares ({report['backend']}):"
-        f"\n  zero-shot prompt : {metric} {report['zero_shot']:.3f}"
-        f"\n  tuned prompt     : {metric} {report['tuned']:.3f}  (best from {report['best_source']})"
+        f"\n  zero-shot prompt : {metric} {report['zero_shot']:.1f}%"
+        f"\n  tuned prompt     : {metric} {report['tuned']:.1f}%  (best from {report['best_source']})"
         f"\n  ({args.budget} calls of popsize {args.popsize}, {args.k_shot} examples per class for training "
         f"and dev; {minutes:.1f} minutes in all; run folder {out})"
     )

@@ -35,3 +35,9 @@ def score(metric: str, logits: np.ndarray, labels: np.ndarray) -> float:
     """The task metric of one candidate's logits [n, C]."""
     pred = logits.argmax(-1)
     return f1(pred, labels) if metric == "f1" else accuracy(pred, labels)
+
+
+def percent(value: float) -> float:
+    """A score (accuracy or F1, a fraction in [0, 1]) in percent: the one unit every output of ``secp-tune``
+    uses (text, JSON, report, plots), as docs/accuracy.md does.  Internal state keeps the fraction."""
+    return 100.0 * float(value)

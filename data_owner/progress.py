@@ -1,5 +1,8 @@
-"""The live progress display of ``secp-tune run/resume`` (rich, on stderr): generation, calls, best loss,
-dev score, bytes, elapsed and ETA.  Disabled with ``--quiet``; never mixed into ``--json`` output on stdout.
+"""The progress display of ``secp-tune run/resume`` on stderr: generation, calls, best loss, dev score
+(percent), bytes, elapsed and ETA.  On a terminal a live rich bar; otherwise (a log file, a pipe, CI) one
+plain line per generation, so a run of many minutes shows its progress in logs too.  The label carries the
+backend's full name, e.g. ``plain (NOT PRIVATE)``, printed as text (never read as rich markup).  Disabled
+with ``--quiet``; never mixed into ``--json`` output on stdout.
 """
 
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -30,6 +34,10 @@ class TuningProgress:
         self, console: Console, label: str, total_calls: int, done_calls: int = 0, enabled: bool = True
     ) -> None:
         self.enabled = enabled
+        self.console = console
+        self.label = label
+        self.total = total_calls
+        self.live = enabled and console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -41,11 +49,18 @@ class TuningProgress:
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
             console=console,
-            disable=not enabled,
+            disable=not self.live,
             transient=False,
         )
         self.task = self.progress.add_task(
-            label, total=total_calls, completed=done_calls, gen="-", loss="-", dev="-", bytes="0 B", eta="?"
+            escape(label),
+            total=total_calls,
+            completed=done_calls,
+            gen="-",
+            loss="-",
+            dev="-",
+            bytes="0 B",
+            eta="?",
         )
 
     def __enter__(self) -> TuningProgress:
@@ -56,14 +71,25 @@ class TuningProgress:
         self.progress.__exit__(*exc)
 
     def update(self, info: dict[str, Any]) -> None:
-        self.progress.update(
-            self.task,
-            completed=info["calls"],
-            gen=f"{info['generation']}/{info['generations']}",
-            loss=f"{info['best_train_loss']:.4f}",
-            dev=f"{info['best_dev']:.3f}",
-            bytes=human_bytes(
+        fields = {
+            "gen": f"{info['generation']}/{info['generations']}",
+            "loss": f"{info['best_train_loss']:.4f}",
+            "dev": f"{info['best_dev']:.1f}%",
+            "bytes": human_bytes(
                 info.get("bytes_sent", 0) + info.get("bytes_received", 0) + info.get("server_bytes", 0)
             ),
-            eta=human_seconds(info["eta"]),
-        )
+            "eta": human_seconds(info["eta"]),
+        }
+        if self.live:
+            self.progress.update(self.task, completed=info["calls"], **fields)
+        elif self.enabled:
+            line = log_line(self.label, info["calls"], self.total, info["elapsed"], fields)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def log_line(label: str, calls: int, total: int, elapsed: float, fields: dict[str, str]) -> str:
+    """One generation as one plain line (no markup, no control characters), for logs."""
+    return (
+        f"{label}: gen {fields['gen']}  calls {calls}/{total}  loss {fields['loss']}  dev {fields['dev']}  "
+        f"{fields['bytes']}  elapsed {human_seconds(elapsed)}  ETA {fields['eta']}"
+    )

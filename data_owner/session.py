@@ -36,6 +36,7 @@ class Session:
     projection: Projection
     std_ref: float
     data_hashes: dict[str, str]
+    data_files: dict[str, Path]
 
     def close(self) -> None:
         self.oracle.close()
@@ -45,31 +46,54 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_examples(config: RunConfig, task: TaskSpec, split: str) -> tuple[list[Example], str]:
+def split_path(config: RunConfig, split: str) -> Path:
+    """The absolute path of ``<data_dir>/<split>.{tsv,csv,jsonl}``."""
     data_dir = Path(config.data_dir)
     if not data_dir.is_dir():
-        raise DataOwnerError(f"data folder not found: {data_dir}")
-    path = find_split(data_dir, split)
+        hint = "" if data_dir.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        raise DataOwnerError(f"data folder not found: {data_dir}{hint}")
+    return find_split(data_dir, split).resolve()
+
+
+def load_examples(
+    config: RunConfig, task: TaskSpec, split: str, path: Path | None = None
+) -> tuple[list[Example], str, Path]:
+    """(examples, sha256, absolute path) of ``split``: ``<data_dir>/<split>.*``, or the file ``path``."""
+    path = Path(path).resolve() if path is not None else split_path(config, split)
     examples = load_split(path, task)
     if config.k_shot is not None and split in ("train", "dev"):
         offset = {"train": 0, "dev": 1}[split]
         examples = k_shot(
             examples, config.k_shot, config.seed * 2 + offset, task.num_classes, where=str(path)
         )
-    return examples, file_hash(path)
+    return examples, file_hash(path), path
 
 
 def open_session(
-    config: RunConfig, splits: tuple[str, ...] = ("train", "dev"), oracle: LossOracle | None = None
+    config: RunConfig,
+    splits: tuple[str, ...] = ("train", "dev"),
+    oracle: LossOracle | None = None,
+    *,
+    std_ref: float | None = None,
+    files: dict[str, Path] | None = None,
 ) -> Session:
-    """Validate the configuration, encode ``splits`` and upload them to a fresh (or the given) oracle."""
+    """Validate the configuration, encode ``splits`` and upload them to a fresh (or the given) oracle.
+
+    ``std_ref`` is the projection's reference std as fixed when the run was started (``config.json``):
+    resume and evaluation pass it, so the prompt is rebuilt exactly and never depends on the file being
+    scored.  Without it, it is measured (``scale_ref`` output: on the train split, which must then be among
+    ``splits``).  ``files`` names a split's file directly instead of ``<data_dir>/<split>.*``.
+    """
     config.check_budget()
     task = load_task(config.task)
     loss = task.loss if config.loss == "task" else config.loss
     examples: dict[str, list[Example]] = {}
     hashes: dict[str, str] = {}
+    paths: dict[str, Path] = {}
     for split in splits:
-        examples[split], hashes[split] = load_examples(config, task, split)
+        examples[split], hashes[split], paths[split] = load_examples(
+            config, task, split, (files or {}).get(split)
+        )
 
     model = PublicModel.load(Path(config.model), need_weights=config.backend == "plain")
     has_mlm = model.cfg.has_mlm_head
@@ -89,11 +113,8 @@ def open_session(
     )
     encoded = {s: encoder.encode(ex) for s, ex in examples.items()}
 
-    if config.scale_ref == "word":
-        std_ref = float(np.std(embedding.word))
-    else:
-        ref = encoded["train"] if "train" in encoded else next(iter(encoded.values()))
-        std_ref = float(np.std(ref.embeds[ref.attention_mask.astype(bool)]))
+    if std_ref is None:
+        std_ref = reference_std(config, embedding, encoded.get("train"))
     std = Projection.entry_std(config.alpha, std_ref, config.intrinsic_dim, config.sigma0)
     projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed)
 
@@ -105,7 +126,17 @@ def open_session(
     except BaseException:
         oracle.close()
         raise
-    return Session(config, task, head, loss, encoder, encoded, oracle, projection, std_ref, hashes)
+    return Session(config, task, head, loss, encoder, encoded, oracle, projection, std_ref, hashes, paths)
+
+
+def reference_std(config: RunConfig, embedding, train: EncodedSplit | None) -> float:
+    """The std the projection scale follows (BBT): the word embeddings, or the embedding-layer output over
+    the real tokens of the TRAIN split.  Computed once when a run starts and stored in its folder."""
+    if config.scale_ref == "word":
+        return float(np.std(embedding.word))
+    if train is None:
+        raise DataOwnerError("the projection scale (scale_ref output) is measured on the train split only")
+    return float(np.std(train.embeds[train.attention_mask.astype(bool)]))
 
 
 def build_oracle(config: RunConfig, task: TaskSpec, head: Head, model: PublicModel) -> LossOracle:

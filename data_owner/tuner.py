@@ -29,6 +29,7 @@ from data_owner import metrics
 from data_owner.checkpoint import atomic_write_json, atomic_write_npy, load_checkpoint, save_checkpoint
 from data_owner.config import RunConfig
 from data_owner.errors import DataOwnerError
+from data_owner.metrics import percent
 from data_owner.oracle import LossOracle
 from data_owner.runfolder import CHECKPOINT, CONFIG, PROMPT, PendingRunFolder, RunFolder
 from data_owner.session import Session, open_session
@@ -125,8 +126,8 @@ class Tuner:
                 {
                     "generation": 0,
                     "calls": 0,
-                    "dev": {"zero_shot": score[0], "zero_shot_loss": loss[0]},
-                    "best_dev": score[0],
+                    "dev": {"zero_shot": percent(score[0]), "zero_shot_loss": loss[0]},
+                    "best_dev": percent(score[0]),
                     **tuner._cost(),
                 }
             )
@@ -151,7 +152,7 @@ class Tuner:
             state = load_checkpoint(folder.file(CHECKPOINT))
         except ValueError as exc:
             raise DataOwnerError(str(exc)) from exc
-        session = open_session(config, oracle=oracle)
+        session = open_session(config, oracle=oracle, std_ref=stored_std_ref(folder, record))
         try:
             if session.data_hashes != record.get("data_hashes"):
                 raise DataOwnerError(f"the data files changed since {run_dir} was started; start a new run")
@@ -199,7 +200,7 @@ class Tuner:
                 last = self.state["generation"] == cfg.generations
                 if last or prev_calls // cfg.eval_every < self.state["calls"] // cfg.eval_every:
                     rec["dev"] = self._dev_check(Z[int(np.argmin(losses))], np.asarray(es.mean))
-                rec["best_dev"] = self.state["best"]["dev_score"]
+                rec["best_dev"] = percent(self.state["best"]["dev_score"])
                 gens_here += 1
                 self.state["elapsed"] = base_elapsed + time.perf_counter() - t_start
                 rec.update(self._cost(), seconds=round(time.perf_counter() - t0, 4))
@@ -225,9 +226,9 @@ class Tuner:
         scores, losses = self._dev_scores(np.stack([z_best, z_mean]))
         best = self.state["best"]
         out: dict[str, Any] = {
-            "gen_best": scores[0],
+            "gen_best": percent(scores[0]),
             "gen_best_loss": losses[0],
-            "mean": scores[1],
+            "mean": percent(scores[1]),
             "mean_loss": losses[1],
             "improved": False,
             # the scored points themselves (history stays at the data owner, like the prompt)
@@ -280,7 +281,7 @@ class Tuner:
                 **rec,
                 "generations": self.s.config.generations,
                 "budget": self.s.config.generations * self.s.config.popsize,
-                "best_dev": self.state["best"]["dev_score"],
+                "best_dev": percent(self.state["best"]["dev_score"]),
                 "elapsed": self.state["elapsed"],
                 "eta": secs_here / gens_here * left,
                 "backend": self.s.oracle.label,
@@ -288,9 +289,17 @@ class Tuner:
         )
 
 
+#: config.json's layout; 2: absolute data, model and task paths, the data files, scores in percent.
+RUN_FORMAT = 2
+
+
 def config_record(session: Session) -> dict[str, Any]:
-    """``config.json``: the configuration plus what was derived from it and the privacy label."""
+    """``config.json``: the configuration plus what was derived from it at training time and the privacy
+    label.  ``std_ref`` (with the seed, L, d, sigma0 and alpha of the config) rebuilds the projection A, so
+    ``eval`` and ``resume`` rebuild exactly the prompt the run saved, whatever file they score."""
     return {
+        "run_format": RUN_FORMAT,
+        "score_unit": "percent",
         "config": session.config.model_dump(),
         "backend": session.oracle.label,
         "private": session.oracle.private,
@@ -301,8 +310,21 @@ def config_record(session: Session) -> dict[str, Any]:
         "task": session.task.model_dump(),
         "std_ref": session.std_ref,
         "projection_std": session.projection.std,
+        "hidden": session.projection.H,
         "data_hashes": session.data_hashes,
+        "data_files": {k: str(v) for k, v in session.data_files.items()},
         "sizes": {k: len(v) for k, v in session.splits.items()},
         "generations": session.config.generations,
         "effective_budget": session.config.generations * session.config.popsize,
     }
+
+
+def stored_std_ref(folder: RunFolder, record: dict[str, Any]) -> float:
+    """The projection's reference std fixed when the run started; refuses a folder that lacks it."""
+    value = record.get("std_ref")
+    if not isinstance(value, int | float):
+        raise DataOwnerError(
+            f"{folder.path} does not record the prompt's scale (std_ref in {CONFIG}); its prompt cannot be "
+            "rebuilt exactly: start a new run"
+        )
+    return float(value)

@@ -87,7 +87,11 @@ def test_run_eval_report_with_json_and_the_not_private_label(tiny, tmp_path: Pat
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
     assert (
-        ev["examples"] == 32 and 0 <= ev["tuned"] <= 1 and "zero_shot" in ev and NOT_PRIVATE in ev["privacy"]
+        ev["examples"] == 32
+        and 0 <= ev["tuned"] <= 100
+        and ev["unit"] == "percent"
+        and "zero_shot" in ev
+        and NOT_PRIVATE in ev["privacy"]
     )
 
     res = invoke(["report", str(out)])

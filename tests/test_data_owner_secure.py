@@ -58,9 +58,9 @@ def test_secure_run_follows_the_plaintext_trajectory(
     assert secure["backend"] == f"secure {suite}"
     assert secure["bytes_sent"] > 0 and secure["bytes_received"] > 0
     assert secure["server_bytes"] > secure["bytes_sent"] and secure["server_rounds"] > 0
-    assert abs(secure["zero_shot_dev"] - plain["zero_shot_dev"]) <= 1 / 16
+    assert abs(secure["zero_shot_dev"] - plain["zero_shot_dev"]) <= 100 / 16  # percent
     assert ev["private"] is True and ev["examples"] == 32 and np.isfinite(secure["best_train_loss"])
     # the plaintext-tuned prompt, scored on shares, agrees with its plaintext score (one flip allowed)
     assert confirm["private"] is True and confirm["tuned_on"] == "plain"
-    assert abs(confirm["tuned"] - plain_eval["tuned"]) <= 1 / 32
+    assert abs(confirm["tuned"] - plain_eval["tuned"]) <= 100 / 32
     assert (tmp_path / "plain" / "eval_test_secure.json").is_file()

@@ -241,9 +241,12 @@ def test_eval_scores_f1_for_an_f1_task(tiny, tmp_path: Path) -> None:
     task = write_task(tmp_path, metric="f1")
     Tuner.start(tiny_config(model, data, task, budget=12), tmp_path / "run").run()
     ev = evaluate(tmp_path / "run", "test")
-    s = open_session(tiny_config(model, data, task, budget=12), splits=("test",))
+    s = open_session(
+        tiny_config(model, data, task, budget=12), splits=("test",), std_ref=1.0
+    )  # prompt from file
     best = np.load(tmp_path / "run" / PROMPT)
     pred = s.oracle.logits(best[None], "test")[0].argmax(-1)
     s.close()
-    assert ev["metric"] == "f1" and ev["tuned"] == pytest.approx(metrics.f1(pred, s.splits["test"].labels))
-    assert ev["tuned_accuracy"] == pytest.approx(metrics.accuracy(pred, s.splits["test"].labels))
+    labels = s.splits["test"].labels
+    assert ev["metric"] == "f1" and ev["tuned"] == pytest.approx(100 * metrics.f1(pred, labels))
+    assert ev["tuned_accuracy"] == pytest.approx(100 * metrics.accuracy(pred, labels))
