@@ -27,7 +27,7 @@ def _load(config_path: str | None, write_default: bool = True) -> tuple[ClusterC
     """The configuration and the file the servers should read (the default is written to the run dir)."""
     try:
         if config_path:
-            return load_config(config_path), str(Path(config_path).resolve())
+            return load_config(config_path), str(Path(config_path).absolute())
         config = parse_config(DEFAULT_CONFIG_YAML, base=Path.cwd())
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
@@ -38,7 +38,7 @@ def _load(config_path: str | None, write_default: bool = True) -> tuple[ClusterC
     from contract.cluster import dump_config
 
     path.write_text(dump_config(config))
-    return config, str(path.resolve())
+    return config, str(path.absolute())
 
 
 config_option = click.option(

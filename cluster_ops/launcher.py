@@ -93,7 +93,7 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
-        self.config_path = str(Path(config_path).resolve())
+        self.config_path = str(Path(config_path).absolute())
         self.insecure = insecure
         self.run_dir = Path(run_dir or config.run_dir)
         self.python = python

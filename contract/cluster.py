@@ -233,7 +233,8 @@ def load_config(path: str | Path) -> ClusterConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read cluster configuration {path}: {exc.strerror}") from None
     fmt = "toml" if path.suffix == ".toml" else "yaml"
-    return parse_config(text, fmt=fmt, base=path.resolve().parent)
+    # relative to the folder the file is named in, not the target of a link (cluster.example.yaml is one)
+    return parse_config(text, fmt=fmt, base=path.absolute().parent)
 
 
 def dump_config(config: ClusterConfig) -> str:

@@ -286,7 +286,8 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
             base[key] = str(Path(base[key]).resolve())
     for key in ("task", "cluster"):  # a file name; a built-in task name or a cluster address stays as is
         if isinstance(base.get(key), str | Path) and Path(base[key]).is_file():
-            base[key] = str(Path(base[key]).resolve())
+            # absolute, not resolved: a cluster file's relative paths are relative to where it is named
+            base[key] = str(Path(base[key]).absolute())
     try:
         return RunConfig.model_validate(base)
     except ValidationError as exc:
