@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_owner.embedding import PublicEmbeddings
-from data_owner.inputs import encode_texts
+from contract.embedding import PublicEmbeddings
+from contract.inputs import encode_texts
 from mpc_core.nn.backend import PlainBackend
 from mpc_core.nn.batch import candidate_logits
 from mpc_core.nn.config import AttentionConfig

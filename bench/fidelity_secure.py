@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from data_owner.inputs import encode_texts
+from contract.inputs import encode_texts
 from model_owner.share import share_tensors
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_logits

@@ -83,9 +83,9 @@ def _tiny_model(suite: str, fp: FixedPoint, folder: Path) -> Callable | None:
     from mpc_core.nn.weights import load_checkpoint, split_public, wrap_shares
 
     try:  # the public embedding layer belongs to the data owner (issue 19); before that, to mpc_core.nn
-        from data_owner.embedding import PublicEmbeddings
+        from contract.embedding import PublicEmbeddings
     except ImportError:
-        from data_owner.embedding import PublicEmbeddings
+        from contract.embedding import PublicEmbeddings
 
     ckpt = make_tiny_model(folder / "ckpt", "bert", mlm=True, seed=3, num_hidden_layers=1)
     cfg, weights = load_checkpoint(ckpt)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import measure
-from data_owner.embedding import PublicEmbeddings
-from data_owner.inputs import encode_texts
+from contract.embedding import PublicEmbeddings
+from contract.inputs import encode_texts
 from model_owner.share import share_tensors
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_logits

@@ -5,7 +5,7 @@ prompt is later ADDED to rows ``1..L``.  With the placeholder ``none`` (NO_PLACE
 placeholder rows: the prompt is added to the first L rows of the filled template itself, so the zero prompt
 (z = 0) is exactly the model's own zero-shot input.  Only the text slots are truncated to fit
 ``max_length``, so the template words and ``<mask>`` always survive.  The embedding layer (word + position
-+ token-type embeddings, then LayerNorm; ``data_owner.embedding``) is public, so the data owner computes it
++ token-type embeddings, then LayerNorm; ``contract.embedding``) is public, so the data owner computes it
 in float64 itself and shares only its output.  Everything here runs at the data owner; nothing here is
 sent anywhere.  By default (``pool`` "text") the placeholder rows are left out of the similarity head's
 mean pooling (``EncodedSplit.pool_mask``): they are attended to but not averaged into the sentence
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from contract.embedding import PublicEmbeddings
 from contract.manifest import MANIFEST_NAME, ShareManifest
 from data_owner.data import Example
-from data_owner.embedding import PublicEmbeddings
 from data_owner.errors import DataOwnerError
 from data_owner.task import MASK_MARK, SLOT_RE, Head, TaskSpec, strip_prompt_mark
 from mpc_core.nn.config import EncoderConfig, UnsupportedModelError

@@ -348,8 +348,8 @@ def adapt_checkpoint(
     attn = AttentionConfig(mode=mode, features=features, seed=seed, normalize=True)
     from transformers import AutoTokenizer
 
-    from data_owner.embedding import PublicEmbeddings
-    from data_owner.inputs import encode_texts
+    from contract.embedding import PublicEmbeddings
+    from contract.inputs import encode_texts
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     train_texts, test_texts = corpus_batches(tokenizer, max_len, seed, held_out)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from helpers_models import make_tiny_model, random_batch
 
+from contract.embedding import PublicEmbeddings
 from contract.manifest import ShareManifest, load_party_shares
-from data_owner.embedding import PublicEmbeddings
 from model_owner.adapt import TorchEncoder, adapt_checkpoint, corpus_sentences
 from model_owner.share import share_model
 from mpc_core.nn.adapted import (

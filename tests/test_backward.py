@@ -13,8 +13,8 @@ import pytest
 from backward_reference import assert_gradient_close, reference_gradients, relative_error
 from helpers_models import make_tiny_model, random_batch
 
+from contract.embedding import PublicEmbeddings
 from contract.manifest import load_party_shares
-from data_owner.embedding import PublicEmbeddings
 from model_owner.share import share_model
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_losses

@@ -11,8 +11,8 @@ import pytest
 from helpers_models import make_tiny_model
 from safetensors.numpy import load_file
 
+from contract.embedding import PublicEmbeddings
 from contract.manifest import ShareManifest, party_file_tensors, sha256_file
-from data_owner.embedding import PublicEmbeddings
 from model_owner.cli import main
 from model_owner.share import reconstruct, share_model
 from mpc_core.nn.weights import CheckpointError, load_checkpoint, split_public

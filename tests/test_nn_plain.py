@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers_models import hf_model, make_tiny_model, random_batch
 
-from data_owner.embedding import PublicEmbeddings
+from contract.embedding import PublicEmbeddings
 from mpc_core.nn.attention import favor_attention, rfa_attention, softmax_attention
 from mpc_core.nn.backend import PlainBackend
 from mpc_core.nn.batch import candidate_logits, candidate_losses, insert_prompts
@@ -336,7 +336,7 @@ def test_masked_softmax_gives_padding_exactly_zero():
 def test_encode_texts_places_placeholders_and_finds_the_mask(tmp_path):
     from transformers import BertTokenizer
 
-    from data_owner.inputs import encode_texts
+    from contract.inputs import encode_texts
 
     folder = make_tiny_model(tmp_path / "m", "bert", mlm=True)
     tok = BertTokenizer(str(folder / "vocab.txt"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers_models import make_tiny_model, random_batch
 
+from contract.embedding import PublicEmbeddings
 from contract.manifest import load_party_shares
-from data_owner.embedding import PublicEmbeddings
 from model_owner.share import share_model
 from mpc_core.nn.backend import PlainBackend, SecureBackend
 from mpc_core.nn.batch import candidate_logits, candidate_losses

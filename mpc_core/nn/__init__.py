@@ -4,9 +4,9 @@ Modules: ``config`` (architecture and attention options), ``backend`` (PlainBack
 ``attention`` / ``encoder`` (the blocks), ``heads`` (MLM verbalizer, similarity), ``loss``
 (cross-entropy, hinge), ``batch`` (candidates x examples in one pass), ``weights`` (checkpoints).
 
-Layers only: the public embedding layer and the token-id preprocessing are the data owner's
-(``data_owner.embedding``, ``data_owner.inputs``); the manifest and share files are the contract
-between the roles (``contract.manifest``, ``contract.share_files``).
+Layers only: the public embedding layer and the token-id preprocessing are public and shared
+by the data owner and the model owner (``contract.embedding``, ``contract.inputs``); the manifest and
+share files are the contract between the roles (``contract.manifest``, ``contract.share_files``).
 """
 
 from mpc_core.nn.backend import Backend, PlainBackend, SecureBackend
