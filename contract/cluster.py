@@ -20,7 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mpc_core.suites import SuiteName, suite_class
+from mpc_core.suites import DEFAULT_SUITE, SuiteName, suite_class
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 MiB = 1 << 20
@@ -142,7 +142,7 @@ class ClusterConfig(_Strict):
     """The whole cluster, as every process reads it."""
 
     name: str = Field(default="secp", pattern=NAME_PATTERN)
-    suite: SuiteName = "2pc"
+    suite: SuiteName = DEFAULT_SUITE
     frac_bits: int = Field(default=16, ge=0, le=40)
     model: Path | None = Field(default=None, description="folder written by secp-share-model")
     run_dir: Path = Field(default=Path(".cluster/run"), description="secp-cluster's logs and pid file")

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import NOT_PRIVATE
+from mpc_core.suites import DEFAULT_SUITE, SUITES
 
 EXIT_INPUT, EXIT_CLUSTER, EXIT_INTERRUPT = 2, 3, 130
 #: scores (accuracy or F1) in the results: printed in percent, the one unit of every output (and the docs)
@@ -179,8 +180,8 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
 )
 @click.option(
     "--suite",
-    type=click.Choice(["2pc", "3pc"]),
-    default="2pc",
+    type=click.Choice(sorted(SUITES)),
+    default=DEFAULT_SUITE,
     show_default=True,
     help="secure backend: protocol",
 )
@@ -345,7 +346,7 @@ def resume(run: Path, as_json: bool, quiet: bool) -> None:
     help="backend",
 )
 @click.option("--cluster", default=None, help="secure backend: the cluster file")
-@click.option("--suite", type=click.Choice(["2pc", "3pc"]), default=None, help="secure backend: protocol")
+@click.option("--suite", type=click.Choice(sorted(SUITES)), default=None, help="secure backend: protocol")
 @click.option(
     "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
 )

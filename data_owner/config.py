@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_owner.errors import DataOwnerError
-from mpc_core.suites import SuiteName
+from mpc_core.suites import DEFAULT_SUITE, SuiteName
 
 
 class RunConfig(BaseModel):
@@ -25,7 +25,7 @@ class RunConfig(BaseModel):
         description="plain: a Hugging Face folder; secure: the public/ folder of the shared model"
     )
     backend: Literal["plain", "secure"] = "plain"
-    suite: SuiteName = "2pc"
+    suite: SuiteName = DEFAULT_SUITE
     cluster: str | None = Field(
         default=None, description="secure backend: the cluster's address or config file"
     )

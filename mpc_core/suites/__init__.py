@@ -18,6 +18,8 @@ SUITES: dict[str, type[Suite]] = {cls.name: cls for cls in (Additive2PC, Replica
 SuiteName = Literal["2pc", "3pc"]
 if set(get_args(SuiteName)) != set(SUITES):  # a suite registered above must be named here too
     raise ImportError(f"SuiteName {get_args(SuiteName)} does not list the registered suites {sorted(SUITES)}")
+#: The suite a cluster file, a run and the CLIs use when none is named.
+DEFAULT_SUITE: SuiteName = "2pc"
 
 
 def suite_class(name: str) -> type[Suite]:
@@ -28,4 +30,4 @@ def suite_class(name: str) -> type[Suite]:
         raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}") from None
 
 
-__all__ = ["SUITES", "Additive2PC", "Replicated3PC", "Suite", "SuiteName", "suite_class"]
+__all__ = ["DEFAULT_SUITE", "SUITES", "Additive2PC", "Replicated3PC", "Suite", "SuiteName", "suite_class"]
