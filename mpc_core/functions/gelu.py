@@ -14,7 +14,7 @@ only odd harmonics (plus the constant P/8).  It equals g on |x| <= P/2 - 4 up to
 
 a linear combination of the cosines from one call of the trig protocol: no product at all.  Coefficients
 come from an FFT of g_P in float64 at first use; the number of odd harmonics is the smallest whose series
-error on the domain is below GELU_SERIES_TARGET (see :func:`gelu_error_table`).
+error on the domain is below GELU_SERIES_TARGET (see ``GELU.error_table``).
 
 Domain: |x| <= GELU_DOMAIN = 28 with P = 64 (a power of two in ring units, as trig requires).  Measured
 GELU inputs of all-MiniLM-L6-v2 on SST-2 and AG News, with and without random prompts: [-20.7, 24.8]
@@ -39,13 +39,10 @@ truncation and conversion to one value per element (reported to the engine owner
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 
-from mpc_core.functions._common import on_grid
-from mpc_core.functions.fourier import cosine_series, evaluate_series, fourier_coefficients
-from mpc_core.ring import FixedPoint
+from mpc_core.functions.triangle_series import TriangleWaveActivation
 from mpc_core.tensor import SharedTensor
 
 GELU_PERIOD = 64.0
@@ -66,56 +63,21 @@ def _half_x_erf(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * _erf(x / math.sqrt(2.0)).astype(np.float64)
 
 
-def periodic_bump(x: np.ndarray, period: float = GELU_PERIOD) -> np.ndarray:
-    """g_P(x): the period-P smoothed triangle wave that equals (x/2) erf(x/sqrt 2) near 0."""
-    wrapped = np.abs(np.mod(np.asarray(x, dtype=np.float64) + period / 2, period) - period / 2)
-    quarter = period / 4
-    return np.where(wrapped <= quarter, _half_x_erf(wrapped), quarter - _half_x_erf(period / 2 - wrapped))
-
-
-@lru_cache(maxsize=4)
-def _coefficients(period: float) -> np.ndarray:
-    a, _b = fourier_coefficients(lambda x: periodic_bump(x, period), period)
-    return a
-
-
-def gelu_series(x: np.ndarray, count: int, period: float = GELU_PERIOD) -> np.ndarray:
-    """float64 model of the secure evaluation: x/2 + the series with coefficients on the 2^-16 grid."""
-    a = on_grid(_coefficients(period), FixedPoint().frac_bits)
-    ks = np.arange(1, 2 * count, 2)
-    return 0.5 * x + evaluate_series(x, period, ks, a[ks], a[0])
-
-
-def gelu_fixed_point_bound(count: int, period: float = GELU_PERIOD) -> float:
-    """Worst-case error the protocol adds to the float64 model: 2.42 ulp sum|a_k| + 1 ulp (fourier.py)."""
-    a = _coefficients(period)
-    ulp = 2.0 ** -FixedPoint().frac_bits
-    return (1 + math.sqrt(2)) * ulp * float(np.sum(np.abs(a[1 : 2 * count : 2]))) + ulp
-
-
-def gelu_error_table(
-    period: float = GELU_PERIOD, domain: float = GELU_DOMAIN, counts: range = range(8, 25, 2)
-) -> dict[int, float]:
-    """Max |series - GELU| in float64 on [-domain, domain] for each number of odd harmonics."""
-    grid = np.linspace(-domain, domain, 20001)
-    exact = gelu_reference(grid)
-    return {m: float(np.max(np.abs(gelu_series(grid, m, period) - exact))) for m in counts}
-
-
-@lru_cache(maxsize=4)
-def gelu_harmonics(period: float = GELU_PERIOD, domain: float = GELU_DOMAIN) -> tuple[int, ...]:
-    """The odd harmonics 1, 3, ..., 2m - 1 for the smallest m with series error <= GELU_SERIES_TARGET."""
-    grid = np.linspace(-domain, domain, 20001)
-    exact = gelu_reference(grid)
-    for m in range(1, MAX_HARMONICS + 1):
-        if np.max(np.abs(gelu_series(grid, m, period) - exact)) <= GELU_SERIES_TARGET:
-            return tuple(range(1, 2 * m, 2))
-    raise ValueError(f"no series of <= {MAX_HARMONICS} terms reaches {GELU_SERIES_TARGET} at |x| <= {domain}")
+GELU = TriangleWaveActivation(
+    name="gelu",
+    bump=_half_x_erf,
+    reference=gelu_reference,
+    period=GELU_PERIOD,
+    domain=GELU_DOMAIN,
+    target=GELU_SERIES_TARGET,
+    max_harmonics=MAX_HARMONICS,
+)
+#: The float64 model of the secure evaluation, its fixed-point bound and the harmonics used, by name.
+gelu_series = GELU.series
+gelu_fixed_point_bound = GELU.fixed_point_bound
+gelu_harmonics = GELU.harmonics
 
 
 def gelu(x: SharedTensor) -> SharedTensor:
     """GELU(x) for |x| <= 28: max abs error <= 5.5e-4 (module docstring), one trig round, no product."""
-    with x.ctx.op("gelu"):
-        harmonics = gelu_harmonics()
-        a = _coefficients(GELU_PERIOD)
-        return cosine_series(x, GELU_PERIOD, harmonics, a[list(harmonics)], float(a[0]), extra=[(x, 0.5)])
+    return GELU.secure(x)

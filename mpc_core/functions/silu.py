@@ -15,7 +15,7 @@ it equals g on |x| <= P/2 - 11 up to 1.8e-4.  So
 a linear combination of the cosines of one trig call, as :mod:`mpc_core.functions.gelu`.  tanh has poles
 at +-i pi, so the coefficients fall only like e^(-2 pi^2 k / P) (GELU's like a Gaussian): SiLU needs more
 harmonics than GELU for the same error.  Their number is the smallest whose series error on the domain is
-at most SILU_SERIES_TARGET (:func:`silu_harmonics`, :func:`silu_error_table`).
+at most SILU_SERIES_TARGET (:func:`silu_harmonics`, ``SILU.error_table``).
 
 Domain: |x| <= SILU_DOMAIN = 53 with P = 128 (a power of two in ring units, as trig requires).  Measured
 gate pre-activations of SmolLM2-135M (all 30 layers, 32 SST-2 dev sentences): [-33.7, 52.8], so the
@@ -34,14 +34,9 @@ Cost: one trig round and the series' truncation, as GELU; the dealer's tables gr
 
 from __future__ import annotations
 
-import math
-from functools import lru_cache
-
 import numpy as np
 
-from mpc_core.functions._common import on_grid
-from mpc_core.functions.fourier import cosine_series, evaluate_series, fourier_coefficients
-from mpc_core.ring import FixedPoint
+from mpc_core.functions.triangle_series import TriangleWaveActivation
 from mpc_core.tensor import SharedTensor
 
 SILU_PERIOD = 128.0
@@ -60,56 +55,21 @@ def _half_x_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * np.tanh(0.5 * x)
 
 
-def periodic_bump(x: np.ndarray, period: float = SILU_PERIOD) -> np.ndarray:
-    """g_P(x): the period-P smoothed triangle wave equal to (x/2) tanh(x/2) near 0."""
-    wrapped = np.abs(np.mod(np.asarray(x, dtype=np.float64) + period / 2, period) - period / 2)
-    quarter = period / 4
-    return np.where(wrapped <= quarter, _half_x_tanh(wrapped), quarter - _half_x_tanh(period / 2 - wrapped))
-
-
-@lru_cache(maxsize=4)
-def _coefficients(period: float) -> np.ndarray:
-    a, _b = fourier_coefficients(lambda x: periodic_bump(x, period), period)
-    return a
-
-
-def silu_series(x: np.ndarray, count: int, period: float = SILU_PERIOD) -> np.ndarray:
-    """float64 model of the secure evaluation: x/2 + the series with coefficients on the 2^-16 grid."""
-    a = on_grid(_coefficients(period), FixedPoint().frac_bits)
-    ks = np.arange(1, 2 * count, 2)
-    return 0.5 * np.asarray(x, dtype=np.float64) + evaluate_series(x, period, ks, a[ks], a[0])
-
-
-def silu_fixed_point_bound(count: int, period: float = SILU_PERIOD) -> float:
-    """Worst-case error the protocol adds to the float64 model: 2.42 ulp sum|a_k| + 1 ulp (fourier.py)."""
-    a = _coefficients(period)
-    ulp = 2.0 ** -FixedPoint().frac_bits
-    return (1 + math.sqrt(2)) * ulp * float(np.sum(np.abs(a[1 : 2 * count : 2]))) + ulp
-
-
-def silu_error_table(
-    period: float = SILU_PERIOD, domain: float = SILU_DOMAIN, counts: range = range(8, 41, 4)
-) -> dict[int, float]:
-    """Max |series - SiLU| in float64 on [-domain, domain] for each number of odd harmonics."""
-    grid = np.linspace(-domain, domain, 20001)
-    exact = silu_reference(grid)
-    return {m: float(np.max(np.abs(silu_series(grid, m, period) - exact))) for m in counts}
-
-
-@lru_cache(maxsize=4)
-def silu_harmonics(period: float = SILU_PERIOD, domain: float = SILU_DOMAIN) -> tuple[int, ...]:
-    """The odd harmonics 1, 3, ..., 2m - 1 for the smallest m with series error <= SILU_SERIES_TARGET."""
-    grid = np.linspace(-domain, domain, 20001)
-    exact = silu_reference(grid)
-    for m in range(1, MAX_HARMONICS + 1):
-        if np.max(np.abs(silu_series(grid, m, period) - exact)) <= SILU_SERIES_TARGET:
-            return tuple(range(1, 2 * m, 2))
-    raise ValueError(f"no series of <= {MAX_HARMONICS} terms reaches {SILU_SERIES_TARGET} at |x| <= {domain}")
+SILU = TriangleWaveActivation(
+    name="silu",
+    bump=_half_x_tanh,
+    reference=silu_reference,
+    period=SILU_PERIOD,
+    domain=SILU_DOMAIN,
+    target=SILU_SERIES_TARGET,
+    max_harmonics=MAX_HARMONICS,
+)
+#: The float64 model of the secure evaluation, its fixed-point bound and the harmonics used, by name.
+silu_series = SILU.series
+silu_fixed_point_bound = SILU.fixed_point_bound
+silu_harmonics = SILU.harmonics
 
 
 def silu(x: SharedTensor) -> SharedTensor:
     """SiLU(x) for |x| <= SILU_DOMAIN: error <= SILU_SERIES_TARGET + silu_fixed_point_bound (docstring)."""
-    with x.ctx.op("silu"):
-        harmonics = silu_harmonics()
-        a = _coefficients(SILU_PERIOD)
-        return cosine_series(x, SILU_PERIOD, harmonics, a[list(harmonics)], float(a[0]), extra=[(x, 0.5)])
+    return SILU.secure(x)

@@ -43,12 +43,12 @@ SCALE_BITS = 20
 def gelu_derivative_coefficients() -> tuple[tuple[int, ...], np.ndarray]:
     """(odd harmonics, sine coefficients b_k = -a_k 2 pi k / P on the 2^-16 grid) of GELU' - 1/2."""
     from mpc_core.functions._common import on_grid
-    from mpc_core.functions.gelu import GELU_PERIOD, _coefficients, gelu_harmonics
+    from mpc_core.functions.gelu import GELU, GELU_PERIOD, gelu_harmonics
     from mpc_core.ring import FixedPoint
 
     harmonics = gelu_harmonics()
     ks = np.asarray(harmonics, dtype=np.float64)
-    a = _coefficients(GELU_PERIOD)[list(harmonics)]
+    a = GELU.coefficients[list(harmonics)]
     return harmonics, on_grid(-a * 2.0 * math.pi * ks / GELU_PERIOD, FixedPoint().frac_bits)
 
 
