@@ -13,7 +13,13 @@ from helpers_llama import make_tiny_llama
 
 from contract.manifest import load_party_shares
 from model_owner.share import share_model
-from mpc_core.functions.rmsnorm import RMSNORM_MS_DOMAIN, rms_norm
+from mpc_core.functions.rmsnorm import (
+    DIRECT_MS_DOMAIN,
+    RMSNORM_MS_DOMAIN,
+    rms_norm,
+    rms_norm_domain_error,
+    rms_norm_reference,
+)
 from mpc_core.functions.silu import (
     SILU_DOMAIN,
     SILU_SERIES_TARGET,
@@ -70,20 +76,80 @@ def test_silu_bound_on_domain(suite: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- RMSNorm
-def test_rms_norm_matches_float64(suite: str) -> None:
+def rms_rows(width: int) -> np.ndarray:
+    """Rows whose mean squares span the default domain and beyond its floor: a row of zeros (padding), a
+    row below the floor, tiny and ordinary rows, and LLaMA's massive activations (entries of 2e4-2.7e4, as
+    SmolLM2's first token carries)."""
     rng = np.random.default_rng(0)
-    # rows whose mean square spans the domain's inner part: 2^-8 .. 2^10
-    scales = 2.0 ** np.linspace(-4, 5, 10)
-    x = rng.normal(size=(10, 64)) * scales[:, None]
+    x = (
+        rng.normal(size=(14, width))
+        * (2.0 ** np.concatenate([[-8.0], np.linspace(-6.8, 4, 12), [0]]))[:, None]
+    )
+    x[3, 7], x[3, 100] = 27202.0, -3000.0
+    x[5, 9] = -22160.0
+    x[8, 0] = 9000.0
+    x[-1] = 0.0
+    return x
+
+
+def rms_bound(x: np.ndarray, w: np.ndarray, eps: float, s_x: int) -> tuple[np.ndarray, np.ndarray]:
+    """The floored float64 RMSNorm and the normalised algorithm's stated bound (rmsnorm's docstring)."""
+    ref = rms_norm_reference(x, w, eps, RMSNORM_MS_DOMAIN)
+    ms = np.maximum(np.mean(x * x, axis=-1, keepdims=True) + eps, RMSNORM_MS_DOMAIN[0])
+    rel = 1.6e-5 + 2.0**-20 + 2.0**-s_x / np.sqrt(ms)
+    return ref, rel * np.abs(ref) + 2 * ULP * (1 + np.abs(w))
+
+
+def test_rms_norm_massive_tiny_and_floored_rows(suite: str) -> None:
+    """The default (normalised) RMSNorm within its bound from mean squares below the floor up to 1.3e6."""
+    width = 576  # SmolLM2's hidden size: s_x = 14
+    x = rms_rows(width)
+    w = 1 + 0.2 * np.random.default_rng(1).normal(size=width)
+    eps = 1e-5
+    ms = np.mean(x * x, axis=-1)
+    assert ms[0] + eps < RMSNORM_MS_DOMAIN[0] < ms[1] and 1e6 < ms.max() <= RMSNORM_MS_DOMAIN[1]
+    got = reveal_secure(suite, lambda t: rms_norm(t, w, eps), x)
+    ref, bound = rms_bound(enc(x), w, eps, s_x=14)
+    assert np.all(np.abs(got - ref) <= bound)
+    assert np.max(np.abs(got - ref)) <= 1e-3
+    assert np.all(got[-1] == 0.0)
+    # the floor is a real change from the unfloored function on the row below it (and nowhere else)
+    xe = enc(x)
+    plain = xe / np.sqrt(np.mean(xe * xe, axis=-1, keepdims=True) + eps) * w
+    moved = np.max(np.abs(ref - plain), axis=-1) > 1e-3
+    assert moved[0] and not moved[1:].any()
+
+
+def test_rms_norm_direct_with_probabilistic_truncation(suite: str) -> None:
+    """Probabilistic truncation runs the direct algorithm on its narrow domain and refuses a wider one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 64)) * (2.0 ** np.linspace(-4, 5, 10))[:, None]
     w = 1 + 0.2 * rng.normal(size=64)
     eps = 1e-5
-    got = reveal_secure(suite, lambda t: rms_norm(t, w, eps), x)
+    fp = FixedPoint(truncation="probabilistic")
+    results = run_parties(
+        suite, lambda ctx, t: rms_norm(t, w, eps, ms_domain=DIRECT_MS_DOMAIN).reveal(), x, fp=fp
+    )
     ms = np.mean(x * x, axis=-1, keepdims=True)
-    assert RMSNORM_MS_DOMAIN[0] <= ms.min() and ms.max() <= RMSNORM_MS_DOMAIN[1]
     ref = x / np.sqrt(ms + eps) * w
-    # relative error of r: 1.6e-5 + 1.5 ulp sqrt(ms) + 0.6 ulp / ms; then a few ulp (1 + |w|)
+    # r: 1.6e-5 (Newton) + 1.5 ulp sqrt(ms) + 0.6 ulp / ms, a few ulp per probabilistic truncation
     rel = 1.6e-5 + 1.5 * ULP * np.sqrt(ms) + 0.6 * ULP / ms
-    assert np.all(np.abs(got - ref) <= rel * np.abs(ref) + 4 * ULP * (1 + np.abs(w)))
+    assert np.all(np.abs(results[0] - ref) <= 2 * rel * np.abs(ref) + 16 * ULP * (1 + np.abs(w)))
+    with pytest.raises(ValueError, match="needs exact truncation"):
+        run_parties(suite, lambda ctx, t: rms_norm(t, w, eps).reveal(), x, fp=fp)
+
+
+def test_rms_norm_domain_checks() -> None:
+    """Domain ends must be powers of two; rows above the domain are refused in plaintext, by count only."""
+    x = np.ones((2, 8))
+    with pytest.raises(ValueError, match="powers of two"):
+        rms_norm_domain_error(x, 0.0, (0.001, 2.0**10))
+    assert rms_norm_domain_error(x * 1e-6, 0.0, RMSNORM_MS_DOMAIN) is None  # below: floored, not refused
+    x[1] *= 1e5
+    message = rms_norm_domain_error(x, 0.0, RMSNORM_MS_DOMAIN)
+    assert message is not None and message.startswith("1 RMSNorm row") and "1e+05" not in message
+    with pytest.raises(ValueError, match="above the secure domain"):
+        rms_norm_reference(x, None, 0.0, RMSNORM_MS_DOMAIN)
 
 
 # ------------------------------------------------------------------------------------------ the decoder

@@ -92,8 +92,13 @@ def rsqrt(
     lo: float = RSQRT_DOMAIN[0],
     hi: float = RSQRT_DOMAIN[1],
     iterations: int = RSQRT_ITERATIONS,
+    precise: bool = False,
 ) -> SharedTensor:
-    """1/sqrt(x) for x in [lo, hi]: |error| <= 1.6e-5 / sqrt(x) + about 1 ulp (module docstring)."""
+    """1/sqrt(x) for x in [lo, hi]: |error| <= 1.6e-5 / sqrt(x) + about 1 ulp (module docstring).
+
+    ``precise`` returns the working precision's fractional bits (up to 28) instead of f, as
+    :func:`reciprocal` does: for large x the result 1/sqrt(x) has few ulp at f bits.
+    """
     with x.ctx.op("rsqrt"):
         f = x.ctx.fp.frac_bits
         edges = octave_edges(lo, hi, f)
@@ -108,5 +113,5 @@ def rsqrt(
             if i + 1 < iterations:
                 g, y = split(mul_at(SharedTensor.stack([g, y]), s, SharedTensor.stack([r, r]), s + 1, s))
             else:
-                y = mul_at(y, s, r, s + 1, f)
-        return reinterpret(y, f)
+                y = mul_at(y, s, r, s + 1, s if precise else f)
+        return reinterpret(y, s if precise else f)

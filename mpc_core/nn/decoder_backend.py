@@ -5,8 +5,9 @@ The decoder is written once (:mod:`mpc_core.nn.decoder`) against these few extra
 * ``project`` / ``project_many`` / ``project_columns``: bias-free linear layers ``x @ W`` (LLaMA has no
   biases); on shares several layers on the same input are one fused product (one opening of x in 2pc) and
   every weight is a fixed operand whose Beaver mask is opened once per context;
-* ``rms_norm``: RMSNorm with the checkpoint's weight, exact in float64, :mod:`mpc_core.functions.rmsnorm`
-  (rsqrt on a stated domain) on shares;
+* ``rms_norm``: RMSNorm with the checkpoint's weight, exact in float64 (the secure domain's floor and
+  upper limit applied), :mod:`mpc_core.functions.rmsnorm` on shares (per-row power-of-two normalisation,
+  then rsqrt);
 * ``silu``: exact in float64, :mod:`mpc_core.functions.silu` (cosine series, stated bound) on shares;
 * ``rotate``: x cos + rotate_half(x) sin with public tables (rotary embeddings): on shares the tables are
   ring integers, so the rotation is local products plus one truncation.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpc_core.functions.rmsnorm import RMSNORM_MS_DOMAIN
+from mpc_core.functions.rmsnorm import RMSNORM_MS_DOMAIN, rms_norm_reference
 from mpc_core.functions.silu import silu_reference
 from mpc_core.nn.backend import PlainBackend, SecureBackend, Value, _rows
 
@@ -37,7 +38,18 @@ def rotate_half(B, x: Value) -> Value:
 
 
 class PlainDecoderBackend(PlainBackend):
-    """float64 reference for the decoder layers (exact RMSNorm, SiLU and rotations)."""
+    """float64 reference for the decoder layers (exact RMSNorm, SiLU and rotations).
+
+    RMSNorm is the secure function's own float64 form (:func:`~mpc_core.functions.rmsnorm.rms_norm_reference`:
+    mean squares floored at the domain's lower end, rows above its upper end refused), so a model or input
+    the secure run could not serve is found in plaintext first.
+    """
+
+    def __init__(
+        self, weights: Mapping[str, np.ndarray], ms_domain: tuple[float, float] = RMSNORM_MS_DOMAIN
+    ) -> None:
+        super().__init__(weights)
+        self.ms_domain = ms_domain
 
     def project(self, x, name):
         w = self.param(f"{name}.weight")
@@ -51,8 +63,10 @@ class PlainDecoderBackend(PlainBackend):
         return _rows(x, lambda x2: x2 @ w)
 
     def rms_norm(self, x, name, eps):
-        ms = np.mean(x * x, axis=-1, keepdims=True)
-        return x / np.sqrt(ms + eps) * self.param(f"{name}.weight")
+        try:
+            return rms_norm_reference(x, self.param(f"{name}.weight"), eps, self.ms_domain)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
 
     def silu(self, x):
         return silu_reference(x)
