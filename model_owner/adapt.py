@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_owner.checkpoints import TOKENIZER_FILES
 from mpc_core.nn.adapted import TENSORS_FILE, AdaptationRecord, AttentionFidelity
 from mpc_core.nn.attention import EXP_CLIP, MASK_FILL, NORM_DOMAIN
 from mpc_core.nn.config import AttentionConfig, EncoderConfig
@@ -42,20 +43,13 @@ from mpc_core.nn.features import favor_features, gaussian_features
 from mpc_core.nn.weights import load_checkpoint
 
 CORPUS_NAME = "pydoc_data.topics (CPython documentation help texts)"
+#: What an adapted checkpoint keeps of the original folder: config, weights and tokenizer.
 COPIED = (
     "config.json",
     "model.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "sentencepiece.bpe.model",
-    "spiece.model",
+    *TOKENIZER_FILES,
 )
 
 

