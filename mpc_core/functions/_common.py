@@ -97,17 +97,27 @@ def octave_edges(lo: float, hi: float, frac_bits: int) -> np.ndarray:
     return edges
 
 
+#: An x less than edges[0] 2^-OCTAVE_RESOLUTION_BITS above an octave edge may read as below it.
+OCTAVE_RESOLUTION_BITS = 14
+
+
 def octave_bits(x: SharedTensor, edges: np.ndarray) -> SharedTensor | None:
     """Ring-integer bits b_j = [x >= edges[j]] for the inner edges j = 1..J, stacked on axis 0.
 
-    One batched msb (the suite's comparison rounds once, whatever J); exact for |x| < 2^(62 - f).
-    None when the domain is a single octave (no comparison needed).
+    One batched msb (the suite's comparison rounds once, whatever J) over a window of bits, not all 64:
+    the differences x - edges[j] of an x in [0, 2 hi) are below 2 hi in magnitude, and an x within
+    edges[0] 2^-14 above an edge may read as below it (its octave's neighbour then serves it, as if x were
+    relatively 2^-14 outside that octave: the callers' initial guesses and mantissas tolerate that, and
+    their stated errors do not change at their printed precision).  For the default domains that is
+    25-27 carry bits instead of 63.  x outside [0, 2 hi) gets garbage bits (it is outside every caller's
+    domain already).  None when the domain is a single octave (no comparison needed).
     """
     inner = edges[1:-1]
     if inner.size == 0:
         return None
     shifted = x.expand_dims(0) + lead(-inner, x.ndim)
-    return 1 - shifted.msb()
+    resolution = float(edges[0]) * 2.0**-OCTAVE_RESOLUTION_BITS
+    return 1 - shifted.msb(bound=2.0 * float(edges[-1]), resolution=resolution)
 
 
 def piecewise_constant(bits: SharedTensor | None, values: np.ndarray, like: SharedTensor) -> SharedTensor:
