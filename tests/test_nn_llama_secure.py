@@ -21,6 +21,8 @@ from mpc_core.functions.rmsnorm import (
     rms_norm_reference,
 )
 from mpc_core.functions.silu import (
+    SILU_CORE_DOMAIN,
+    SILU_CORE_TARGET,
     SILU_DOMAIN,
     SILU_SERIES_TARGET,
     silu,
@@ -59,6 +61,10 @@ def test_silu_series_in_float64() -> None:
     count = len(silu_harmonics())
     x = np.linspace(-SILU_DOMAIN, SILU_DOMAIN, 200001)
     assert np.max(np.abs(silu_series(x, count) - silu_reference(x))) <= SILU_SERIES_TARGET
+    core = np.linspace(-SILU_CORE_DOMAIN, SILU_CORE_DOMAIN, 40001)
+    assert np.max(np.abs(silu_series(core, count) - silu_reference(core))) <= SILU_CORE_TARGET
+    fewer = silu_series(core, count - 1) - silu_reference(core)  # the count is the smallest that does
+    assert np.max(np.abs(fewer)) > SILU_CORE_TARGET
     outside = np.array([70.0, -70.0])
     assert np.all(np.abs(silu_series(outside, count) - silu_reference(outside)) > 1.0)
 
@@ -257,3 +263,23 @@ def test_secure_suffix_losses_match_plaintext(tiny: Tiny, loss: str):
     results = run_parties(tiny.suite, program, tiny.x, prompts, onehot)
     assert results[0].shape == ref.shape == (2,)
     assert np.abs(results[0] - ref).max() <= TOL
+
+
+@pytest.mark.slow
+def test_smollm2_secure_logits_match_plaintext(tmp_path):
+    """The real SmolLM2-135M, all 30 layers on 2pc shares (massive activations included), within 1e-2 of
+    the float64 run of the same code: the bench's own check (bench/llama_secure_fidelity.py), 2 texts."""
+    import json
+
+    from bench.llama_secure_fidelity import main
+    from mpc_core.nn.llama_weights import smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "fidelity.json"
+    assert main(["--suite", "2pc", "--texts", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["layers"] == 30 and result["ranges"]["rmsnorm_max_abs_x"][1] > 1e4
+    assert result["max_abs_error_secure_vs_float64"] <= TOL
