@@ -72,6 +72,8 @@ def compare(before: list[list[dict]], after: list[list[dict]]) -> list[dict[str,
             before_spread=round(max(tb) / min(tb), 3),
             after_spread=round(max(ta) / min(ta), 3),
             exact_equal=all(runs_b[0][f] == r[f] for f in EXACT_FIELDS for r in runs_b + runs_a),
+            **{f"before_{f}": runs_b[0][f] for f in EXACT_FIELDS},
+            **{f"after_{f}": runs_a[0][f] for f in EXACT_FIELDS},
             before_max_abs_err=runs_b[0].get("max_abs_err"),
             after_max_abs_err=runs_a[0].get("max_abs_err"),
         )
