@@ -27,7 +27,7 @@ Measured domains on all-MiniLM-L6-v2 (SST-2, AG News, with random prompts): soft
 in [1, 90] (always in [1, n]); LayerNorm variances in [0.11, 131]; squared norms of mean-pooled outputs
 (similarity head) in [1.9, 55].
 
-Cost: J = ceil(log2(hi/lo)) - 1 comparisons per element in one msb (8 rounds 2pc, 9 in 3pc), then
+Cost: J = ceil(log2(hi/lo)) - 1 comparisons per element in one windowed msb (7 rounds 2pc, 8 in 3pc), then
 1 + K products (reciprocal) or 1 + 2K products (rsqrt), each a product round plus a truncation round
 (2 rounds in 2pc, 3 in 3pc with exact truncation).
 """

@@ -13,7 +13,7 @@ is evaluated outside [-1, 1]: wrong without warning.
 Error: |log x - result| <= 1.7e-6 (polynomial) + about 4 ulp (truncations) + 2^-16 / x (the input's own
 fixed-point resolution: 4e-3 at x = 2^-8, negligible for x >= 1).
 
-Cost: J = ceil(log2(hi/lo)) - 1 comparisons per element in one msb (8 rounds 2pc, 9 in 3pc) and four
+Cost: J = ceil(log2(hi/lo)) - 1 comparisons per element in one windowed msb (7 rounds 2pc, 8 in 3pc) and four
 products (4 rounds in 2pc, 9 in 3pc with the final truncation).
 """
 
