@@ -16,6 +16,8 @@ import numpy as np
 
 from mpc_core import functions as fn
 from mpc_core.functions.gelu import gelu_reference
+from mpc_core.functions.rmsnorm import RMSNORM_MS_DOMAIN, rms_norm, rms_norm_reference
+from mpc_core.functions.silu import silu, silu_reference
 from mpc_core.ring import FixedPoint
 from mpc_core.runtime import run_parties
 from mpc_core.tensor import SharedTensor
@@ -78,6 +80,18 @@ def _softmax_rows(n: int, rng: np.random.Generator) -> np.ndarray:
 LN_W, LN_B = _ln_params()
 
 
+RMS_W = _ln_params(576)[0]
+
+
+def _rms_rows(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows of 576 with mean squares log-uniform over [2^-14, 2^10], and one row of SmolLM2's massive
+    activations (entries of 27,202 and -3,000: mean square 1.3e6)."""
+    rows = max(2, n // 576)
+    x = rng.normal(size=(rows, 576)) * np.sqrt(log_grid(2.0**-14, 2.0**10, rows))[:, None]
+    x[-1, 7], x[-1, 100] = 27202.0, -3000.0
+    return x
+
+
 def _exp_inputs(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([np.linspace(-16, 0, n // 2), np.linspace(-240, -16, n // 2)])
 
@@ -114,6 +128,14 @@ CASES = [
         _ln_rows,
         lambda x: fn.layer_norm(x, LN_W, LN_B, 1e-12),
         lambda x: layer_norm_ref(x, LN_W, LN_B),
+    ),
+    Case("silu", "[-53, 53]", lambda n, r: np.linspace(-53, 53, n), silu, silu_reference),
+    Case(
+        "rms_norm (rows of 576)",
+        "ms in [2^-14, 1.3e6]",
+        _rms_rows,
+        lambda x: rms_norm(x, RMS_W, 1e-5),
+        lambda x: rms_norm_reference(x, RMS_W, 1e-5, RMSNORM_MS_DOMAIN),
     ),
     Case("relu", "|x| < 2^46", lambda n, r: r.normal(size=n) * 10, fn.relu, lambda x: np.maximum(x, 0)),
     Case(

@@ -46,6 +46,23 @@ def _layernorm_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (x - mu) / np.sqrt(var + 1e-12) * w + b
 
 
+def _rmsnorm_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    ms = np.mean(x * x, axis=-1, keepdims=True)
+    return x / np.sqrt(ms + 1e-5) * w
+
+
+def _massive_rows(x: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    """Rows spread over 2^-5..2^4 in scale; row 0 carries entries of 27,202 and -3,000 (SmolLM2's first
+    token reaches mean squares of 1.3e6); the weight is 1 + N(0, 0.1)."""
+    x = x * (2.0 ** np.linspace(-5.0, 4.0, x.shape[0]))[:, None]
+    x[0, 7], x[0, 100] = 27202.0, -3000.0
+    return [x, 1.0 + w]
+
+
+def _silu_ref(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(0.5 * x))
+
+
 def _bert_layer_ref(x: np.ndarray, *weights: np.ndarray) -> np.ndarray:
     """The same block in float64 (mpc_core.nn's plaintext backend: exact softmax, GELU, LayerNorm)."""
     from mpc_core.nn.backend import PlainBackend
@@ -110,6 +127,22 @@ def op_cases() -> list[OpCase]:
             _layernorm_ref,  # on the transformed inputs: the weight is already 1 + N(0, 0.1)
             notes="weight and bias shared",
             transform=lambda x, w, b: [x, 1.0 + w, b],
+        ),
+        OpCase(
+            "rmsnorm",
+            [128, 576],
+            [_normal(128, 576), _normal(576, std=0.1)],
+            _rmsnorm_ref,
+            notes="rows N(0, 1) times 2^-5..2^4, row 0 with SmolLM2's massive activations; weight shared",
+            transform=_massive_rows,
+        ),
+        OpCase(
+            "silu",
+            [128, 1536],
+            [_normal(128, 1536, std=4.0)],
+            _silu_ref,
+            notes="inputs N(0, 4^2) clipped to SiLU's domain |x| <= 53",
+            transform=lambda x: [np.clip(x, -53.0, 53.0)],
         ),
         OpCase("exp", [128, 768], [_uniform(-20, 0, 128, 768)], np.exp, notes="inputs on [-20, 0]"),
         OpCase(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict
 
 from mpc_core import functions as fn
+from mpc_core.functions.rmsnorm import rms_norm
+from mpc_core.functions.silu import silu
 from mpc_core.tensor import SharedTensor
 from server.programs.base import PlanError, Program, Shape, require_inputs
 
@@ -93,6 +95,8 @@ OPS: dict[str, SecureOp] = {
     "softmax": SecureOp(("x",), lambda x: fn.softmax(x, axis=-1), _same),
     "gelu": SecureOp(("x",), fn.gelu, _same),
     "layernorm": SecureOp(("x", "weight", "bias"), lambda x, w, b: fn.layer_norm(x, w, b, 1e-12), _same),
+    "rmsnorm": SecureOp(("x", "weight"), lambda x, w: rms_norm(x, w, 1e-5), _same),
+    "silu": SecureOp(("x",), silu, _same),
     "exp": SecureOp(("x",), fn.exp, _same),
     "reciprocal": SecureOp(("x",), fn.reciprocal, _same),
     "rsqrt": SecureOp(("x",), fn.rsqrt, _same),
