@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,14 +37,39 @@ from mpc_core.runtime import run_parties
 BOUND = 1e-2
 
 
-def batch_of(tok, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and the 0/1 mask of the templated texts, right-padded to the longest."""
+def batch_of(tok, texts: list[str], pad_to: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the 0/1 mask of the templated texts, right-padded to the longest (or ``pad_to``)."""
     enc = [tok(TEMPLATE.format(text=t))["input_ids"] for t in texts]
-    ids = np.zeros((len(enc), max(len(e) for e in enc)), dtype=np.int64)
+    longest = max(len(e) for e in enc)
+    if pad_to and pad_to < longest:
+        raise SystemExit(f"--pad-to {pad_to} is shorter than the longest text ({longest} tokens)")
+    ids = np.zeros((len(enc), max(longest, pad_to)), dtype=np.int64)
     mask = np.zeros_like(ids)
     for i, e in enumerate(enc):
         ids[i, : len(e)], mask[i, : len(e)] = e, 1
     return ids, mask
+
+
+def fp32_forward_seconds(folder: Path, ids: np.ndarray, mask: np.ndarray, repeats: int = 3) -> float:
+    """transformers' float32 forward of the same batch on all the machine's cores (best of ``repeats``):
+    the secure run's parties share those cores, so the plaintext baseline gets them all too."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model.eval()
+    inputs = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - start)
+    torch.set_num_threads(before)  # the secure run keeps the process's own setting
+    return min(times[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default="2pc", choices=["2pc", "3pc"])
     parser.add_argument("--texts", type=int, default=2, help="SST-2 dev sentences in the batch")
     parser.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits f")
+    parser.add_argument("--pad-to", type=int, default=0, help="pad every sequence to this length")
+    parser.add_argument("--fp32", action="store_true", help="also time transformers' fp32 forward")
     parser.add_argument("--out", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         tok = AutoTokenizer.from_pretrained(str(folder))
         word_ids = [tok(w)["input_ids"][0] for w in VERBALIZER]
         texts, _ = read_split(Path(__file__).resolve().parents[1] / "data" / "sst2" / "dev.tsv")
-        ids, mask = batch_of(tok, texts[: args.texts])
+        ids, mask = batch_of(tok, texts[: args.texts], args.pad_to)
         head = NextTokenHead.from_embeddings(word_ids, weights["emb.word"])
         answer = mask.sum(axis=1) - 1
         x = embed_tokens(weights["emb.word"], ids)
         plain = RecordingBackend(weights)
         reference = head.logits(plain, cfg, decode(plain, cfg, x, mask), answer)
 
+        fp32_s = fp32_forward_seconds(folder, ids, mask) if args.fp32 else None
         start = time.perf_counter()
         shared = Path(tmp) / "shared"
         share_model(folder, args.suite, shared, frac_bits=args.frac_bits)
@@ -100,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         "ranges": plain.ranges,
         "share_seconds": round(share_s, 1),
         "secure_forward_seconds_in_process": round(secure_s, 1),
+        "fp32_forward_seconds_same_cores": fp32_s,
+        "secure_over_fp32": None if fp32_s is None else round(secure_s / fp32_s, 1),
+        "fp32_threads": os.cpu_count(),
         **cpu_facts(),
     }
     text = json.dumps(result, indent=2)
