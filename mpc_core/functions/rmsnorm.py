@@ -39,7 +39,7 @@ backend refuses such rows (:func:`rms_norm_domain_error`).  The direct algorithm
 Newton converges too slowly).
 
 Error (normalised): r has relative error 1.6e-5 (Newton, 3 iterations; 4 give 1e-9) + about 2^-20 (the
-resolutions of u, k_j and r) + the error of reading x with s_x bits in the mean square: each x^2 moves by at
+resolutions of U, k_j and r) + the error of reading x with s_x bits in the mean square: each x^2 moves by at
 most 2 |x| 2^-s_x, so ms by at most 2 rms 2^-s_x and r by at most 2^-s_x / rms relative (worst case, all
 errors of one sign; for independent errors sqrt(H) times less).  For H = 576 (s_x = 14): 7.8e-3 at the
 domain's lowest mean square 2^-14, 7e-4 at SmolLM2's lowest measured one (0.0073), below 1e-5 for
@@ -48,9 +48,10 @@ then enters y = x r with its own f-bit value, so y w is within rel |y w| + 2 ulp
 Tested against float64 on rows with massive activations and on tiny rows, both suites
 (tests/test_nn_llama_secure.py).
 
-Cost (normalised, 2pc, public weight): one truncation of x, x^2 (one product of the row size), one msb over
-J - 1 = 35 thresholds per row, three products per row (S c2, k r_u, and the Newton chain's 7), x r (one
-product of the row size); about 32 rounds.  The direct algorithm: about 28 rounds.
+Cost (normalised, 2pc, public weight): one truncation of x, x^2 (one product of the row size), one msb
+over J = 36 thresholds per row (the octaves' lower edges, the floor's included), three products per row
+(S c2, k r_u, and the Newton chain's 7), x r (one product of the row size); 31 rounds in 2pc and 44 in
+3pc (bench/measure.py).  The direct algorithm: about 28 rounds.
 """
 
 from __future__ import annotations
