@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.llama_study import TEMPLATE, VERBALIZER, RecordingBackend, read_split
+from bench.llama_study import TEMPLATE, VERBALIZER, RecordingBackend, batch_of, read_split
 from bench.machine import cpu_facts
 from contract.manifest import load_party_shares
 from model_owner.share import share_model
@@ -35,19 +35,6 @@ from mpc_core.ring import FixedPoint
 from mpc_core.runtime import run_parties
 
 BOUND = 1e-2
-
-
-def batch_of(tok, texts: list[str], pad_to: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and the 0/1 mask of the templated texts, right-padded to the longest (or ``pad_to``)."""
-    enc = [tok(TEMPLATE.format(text=t))["input_ids"] for t in texts]
-    longest = max(len(e) for e in enc)
-    if pad_to and pad_to < longest:
-        raise SystemExit(f"--pad-to {pad_to} is shorter than the longest text ({longest} tokens)")
-    ids = np.zeros((len(enc), max(longest, pad_to)), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, : len(e)], mask[i, : len(e)] = e, 1
-    return ids, mask
 
 
 def fp32_forward_seconds(folder: Path, ids: np.ndarray, mask: np.ndarray, repeats: int = 3) -> float:

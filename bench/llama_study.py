@@ -67,15 +67,23 @@ def read_split(path: Path) -> tuple[list[str], np.ndarray]:
     return [text.strip() for _, text in rows], np.array([int(label) for label, _ in rows])
 
 
+def batch_of(tok, texts: list[str], pad_to: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the 0/1 mask of the templated texts, right-padded to the longest (or ``pad_to``)."""
+    enc = [tok(TEMPLATE.format(text=t))["input_ids"] for t in texts]
+    longest = max(len(e) for e in enc)
+    if pad_to and pad_to < longest:
+        raise SystemExit(f"--pad-to {pad_to} is shorter than the longest text ({longest} tokens)")
+    ids = np.zeros((len(enc), max(longest, pad_to)), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, : len(e)], mask[i, : len(e)] = e, 1
+    return ids, mask
+
+
 def logits_of(B, cfg, tok, head, texts: list[str], batch: int = 8) -> np.ndarray:
     out = []
     for start in range(0, len(texts), batch):
-        enc = [tok(TEMPLATE.format(text=t))["input_ids"] for t in texts[start : start + batch]]
-        t = max(len(e) for e in enc)
-        ids = np.zeros((len(enc), t), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)], mask[i, : len(e)] = e, 1
+        ids, mask = batch_of(tok, texts[start : start + batch])
         residual = decode(B, cfg, embed_tokens(B.param("emb.word"), ids), mask)
         out.append(head.logits(B, cfg, residual, mask.sum(axis=1) - 1))
     return np.concatenate(out)

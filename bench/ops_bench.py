@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.harness import Prepare, measure
+from mpc_core.functions.rmsnorm import RMSNORM_MS_DOMAIN, rms_norm_reference
+from mpc_core.functions.silu import silu_reference
 from mpc_core.tensor import SharedTensor
 from server.programs.ops import BERT_BASE, BERT_LAYER_SHAPES, BERT_LAYER_WEIGHTS, OPS, bert_layer_forward
 
@@ -47,8 +49,7 @@ def _layernorm_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _rmsnorm_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    ms = np.mean(x * x, axis=-1, keepdims=True)
-    return x / np.sqrt(ms + 1e-5) * w
+    return rms_norm_reference(x, w, 1e-5, RMSNORM_MS_DOMAIN)
 
 
 def _massive_rows(x: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
@@ -57,10 +58,6 @@ def _massive_rows(x: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
     x = x * (2.0 ** np.linspace(-5.0, 4.0, x.shape[0]))[:, None]
     x[0, 7], x[0, 100] = 27202.0, -3000.0
     return [x, 1.0 + w]
-
-
-def _silu_ref(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(0.5 * x))
 
 
 def _bert_layer_ref(x: np.ndarray, *weights: np.ndarray) -> np.ndarray:
@@ -140,7 +137,7 @@ def op_cases() -> list[OpCase]:
             "silu",
             [128, 1536],
             [_normal(128, 1536, std=4.0)],
-            _silu_ref,
+            silu_reference,
             notes="inputs N(0, 4^2) clipped to SiLU's domain |x| <= 53",
             transform=lambda x: [np.clip(x, -53.0, 53.0)],
         ),

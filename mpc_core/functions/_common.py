@@ -109,7 +109,7 @@ def octave_bits(x: SharedTensor, edges: np.ndarray) -> SharedTensor | None:
     edges[0] 2^-14 above an edge may read as below it (its octave's neighbour then serves it, as if x were
     relatively 2^-14 outside that octave: the callers' initial guesses and mantissas tolerate that, and
     their stated errors do not change at their printed precision).  For the default domains that is
-    25-27 carry bits instead of 63.  x outside [0, 2 hi) gets garbage bits (it is outside every caller's
+    22-28 carry bits instead of 63.  x outside [0, 2 hi) gets garbage bits (it is outside every caller's
     domain already).  None when the domain is a single octave (no comparison needed).
     """
     inner = edges[1:-1]
@@ -126,12 +126,24 @@ def piecewise_constant(bits: SharedTensor | None, values: np.ndarray, like: Shar
     ``values`` (one per octave) are first put on the fixed-point grid so the result equals the encoded
     value of the octave exactly (bits are 0/1 ring integers; the products are exact).
     """
-    grid = on_grid(values, like.ctx.fp.frac_bits)
-    base = like * 0 + float(grid[0])
+    f = like.ctx.fp.frac_bits
+    ints = np.rint(np.asarray(values, dtype=np.float64) * (1 << f)).astype(np.int64)
+    return reinterpret(piecewise_integer(bits, ints, like), f)
+
+
+def piecewise_integer(bits: SharedTensor | None, values: np.ndarray, like: SharedTensor) -> SharedTensor:
+    """The ring integer values[j] of each element's bucket j (scale 0), from monotone comparison bits.
+
+    values[0] + sum_j bits_j (values[j] - values[j-1]): local products of 0/1 ring integers by public
+    integers, so any scale can be chosen by the caller (:func:`piecewise_constant` uses f; RMSNorm selects
+    powers of two and square roots at scales of its own).  ``like`` gives the shape when ``bits`` is None.
+    """
+    ints = np.asarray(values, dtype=np.int64)
+    base = int(ints[0])
     if bits is None:
-        return base
-    steps = bits * lead(np.diff(grid), like.ndim)
-    return steps.sum(axis=0) + float(grid[0])
+        return reinterpret(like, 0) * 0 + base
+    steps = bits * np.diff(ints).reshape((-1,) + (1,) * like.ndim)
+    return steps.sum(axis=0) + base
 
 
 # --------------------------------------------------------------------------------------------------

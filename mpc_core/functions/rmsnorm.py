@@ -60,7 +60,15 @@ import math
 
 import numpy as np
 
-from mpc_core.functions._common import RAW_BITS, exact_truncation, mean_last, mul_at, reinterpret, rescale
+from mpc_core.functions._common import (
+    RAW_BITS,
+    exact_truncation,
+    mean_last,
+    mul_at,
+    piecewise_integer,
+    reinterpret,
+    rescale,
+)
 from mpc_core.functions.inverse import rsqrt
 from mpc_core.tensor import SharedTensor
 
@@ -109,12 +117,12 @@ def rms_norm_reference(
 
     Rows above the domain are refused (:func:`rms_norm_domain_error`): the secure function cannot serve them.
     """
-    lo, _ = _check_domain(ms_domain)
-    problem = rms_norm_domain_error(x, eps, ms_domain)
+    lo, hi = _check_domain(ms_domain)
+    ms = np.mean(np.square(x), axis=-1, keepdims=True) + eps
+    problem = _above_domain(ms, hi)
     if problem:
         raise ValueError(problem)
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)
-    y = x / np.sqrt(np.maximum(ms + eps, lo))
+    y = x / np.sqrt(np.maximum(ms, lo))
     return y if weight is None else y * weight
 
 
@@ -125,7 +133,11 @@ def rms_norm_domain_error(x: np.ndarray, eps: float, ms_domain: tuple[float, flo
     message names the domain, never the data's values.
     """
     _, hi = _check_domain(ms_domain)
-    above = int(np.count_nonzero(np.mean(np.square(x), axis=-1) + eps > hi))
+    return _above_domain(np.mean(np.square(x), axis=-1) + eps, hi)
+
+
+def _above_domain(ms_plus_eps: np.ndarray, hi: float) -> str | None:
+    above = int(np.count_nonzero(ms_plus_eps > hi))
     if above:
         return f"{above} RMSNorm row(s) have a mean square above the secure domain's end {hi:g}"
     return None
@@ -161,7 +173,7 @@ def _normalised(x: SharedTensor, eps: float, lo: float, hi: float, iterations: i
     c2 = 1.0 / (lo * 2.0 ** np.arange(octaves))
     c2_ints = np.concatenate([[0], np.rint(c2 * 2.0**s_c)]).astype(np.int64)
     floor = (1 - bits[0]) * (h << (2 * s_x + s_c))
-    scaled = reinterpret(total * _select(bits, c2_ints, total) + floor, 0)
+    scaled = reinterpret(total * piecewise_integer(bits, c2_ints, total) + floor, 0)
     # 3. U = S c2_j = H ms / (lo 2^j) in [H, 2H): one Newton rsqrt on that single octave, at up to 28 bits
     hu = reinterpret(scaled.truncate(2 * s_x + s_c - f), f)
     r_u = rsqrt(hu, lo=float(h), hi=float(2 * h), iterations=iterations, precise=True)
@@ -170,12 +182,5 @@ def _normalised(x: SharedTensor, eps: float, lo: float, hi: float, iterations: i
     k = np.sqrt(h * c2)
     k_ints = np.rint(np.concatenate([k[:1], k]) * 2.0**s_k).astype(np.int64)
     s_r = min(_R_BITS, RAW_BITS - f - math.ceil(math.log2(math.sqrt(h))) - 2)
-    r = mul_at(_select(bits, k_ints, total), s_k, r_u, r_u.scale, s_r)
+    r = mul_at(piecewise_integer(bits, k_ints, total), s_k, r_u, r_u.scale, s_r)
     return reinterpret(mul_at(x, f, r, s_r, f), f)
-
-
-def _select(bits: SharedTensor, values: np.ndarray, like: SharedTensor) -> SharedTensor:
-    """values[0] + sum_j b_j (values[j+1] - values[j]): each row's value from its comparison bits (the bits
-    are monotone, so this is values[number of edges at or below S]), ring integers, computed locally."""
-    steps = bits * np.diff(values).reshape(-1, *([1] * like.ndim))
-    return steps.sum(axis=0) + int(values[0])
