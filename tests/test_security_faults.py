@@ -377,22 +377,27 @@ def test_a_data_owner_killed_at_random_points_never_leaves_a_torn_checkpoint(tmp
     assert wait_for(lambda: ref.exists() or proc.poll() is not None, 120, 0.005)
     ready_s = time.monotonic() - started
     assert proc.wait(120) == 0, proc.stderr.read().decode()
-    span_s = time.monotonic() - started - ready_s
     rng = np.random.default_rng([SEED, 9])
-    kills, generation, landed = scale(2, 20), 0, 0
-    for _ in range(kills):
+    kills, generation, landed, attempts = scale(2, 20), 0, 0, 0
+    # Up to three extra kills, all while tuning, if none of the planned ones landed there: under load a
+    # planned kill can still come too late (the process finished first), and the check below needs one.
+    while attempts < kills or (landed == 0 and attempts < kills + 3):
+        planned = attempts < kills
+        attempts += 1
         launched = time.time()
         proc = launch(plain_args("resume" if run.exists() else "run", run, tiny_plain))
-        if rng.uniform() < 0.2:  # during set-up (reading data, encoding, scoring zero-shot)
+        if planned and rng.uniform() < 0.2:  # during set-up (reading data, encoding, scoring zero-shot)
             time.sleep(rng.uniform(0, ready_s))
         else:  # while tuning: at a seeded random generation ahead of this process's first checkpoint, then
-            # anywhere within one generation.  Progress, not elapsed time, picks the generation: a reference
-            # run slowed by leftover load from earlier tests once made every kill land after the run ended.
+            # anywhere within one generation.  Progress, not elapsed time, picks the generation, and this
+            # process's own pace sets the last wait: the reference run's pace, under other load, once made
+            # every kill land after the run ended.
             wait_for(lambda t=launched, p=proc: checkpoint_after(run, t) or p.poll() is not None, 120, 0.005)
-            done = history_lines(run)
+            done, tuning_from = history_lines(run), time.monotonic()
             target = int(rng.integers(done + 1, max(done + 2, KILL_GENERATIONS - 4)))
             wait_for(lambda p=proc, g=target: history_lines(run) >= g or p.poll() is not None, 120, 0.005)
-            time.sleep(rng.uniform(0, span_s / KILL_GENERATIONS))
+            generation_s = (time.monotonic() - tuning_from) / max(1, history_lines(run) - done)
+            time.sleep(rng.uniform(0, generation_s))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         generation, finished = check_after_kill(run, generation)
@@ -407,4 +412,5 @@ def test_a_data_owner_killed_at_random_points_never_leaves_a_torn_checkpoint(tmp
     assert strip(run) == strip(ref)
     assert (run / "prompt.npy").read_bytes() == (ref / "prompt.npy").read_bytes()
     assert not [p.name for p in run.iterdir() if ".tmp-" in p.name], "temporary files left behind"
-    record("faults: data owner SIGKILLed at random points", kills, 0, kills, f"{landed} kills during tuning")
+    note = f"{landed} kills during tuning"
+    record("faults: data owner SIGKILLed at random points", attempts, 0, attempts, note)
