@@ -57,7 +57,7 @@ BERT_LAYER_SHAPES = _bert_layer_shapes()
 BERT_LAYER_WEIGHTS = tuple(BERT_LAYER_SHAPES)
 
 
-def bert_layer_forward(backend, x):
+def bert_layer_forward(backend, x, layer_norm_eps: float = BERT_BASE["layer_norm_eps"]):
     """The block on one unpadded sequence x [T, H], on either backend (the secure op and its reference)."""
     import numpy as np
 
@@ -65,7 +65,13 @@ def bert_layer_forward(backend, x):
     from mpc_core.nn.encoder import encoder_layer
 
     cfg = EncoderConfig(
-        arch="bert", layers=1, vocab=1, max_positions=512, type_vocab=0, pad_token_id=0, **BERT_BASE
+        arch="bert",
+        layers=1,
+        vocab=1,
+        max_positions=512,
+        type_vocab=0,
+        pad_token_id=0,
+        **(BERT_BASE | {"layer_norm_eps": layer_norm_eps}),
     )
     mask = np.ones((1, x.shape[0]), dtype=np.int64)
     return encoder_layer(backend, cfg, AttentionConfig(mode="softmax"), 0, x[None], mask)[0]
