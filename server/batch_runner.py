@@ -22,7 +22,16 @@ from pydantic import BaseModel
 
 from mpc_core.ring import RING_DTYPE
 from mpc_core.transport.base import ProtocolError, TransportClosed
-from server.errors import RpcError, invalid, not_found, precondition, shown, shown_shape, unavailable
+from server.errors import (
+    RpcError,
+    exhausted,
+    invalid,
+    not_found,
+    precondition,
+    shown,
+    shown_shape,
+    unavailable,
+)
 from server.execute import run_program, start_context
 from server.job_state import MAX_NDIM, BatchResult, Job, check_tensor_name
 from server.programs import PlanError
@@ -85,10 +94,30 @@ class BatchRunner:
         try:
             params = job.program.parse_params(params_json)
             outputs = job.program.plan(dict(inputs), params, self.registry.model)
+            keeps = job.program.state_bytes(dict(inputs), params, self.registry.model)
         except PlanError as exc:
             raise invalid(str(exc)) from None
+        if keeps:
+            self._check_kept_state(job, inputs, keeps)
         self.resources.check_memory("batch")
         return params, outputs
+
+    def _check_kept_state(self, job: Job, inputs: Mapping[str, tuple[int, ...]], keeps: int) -> None:
+        """Refuse a batch whose kept state (a cache) and inputs would exceed ``limits.max_job_bytes``.
+
+        Counted from the declared shapes (a compute party's share bytes), so that every participant, the
+        dealer included, reaches the same answer before anything runs.
+        """
+        from mpc_core.suites import suite_class
+
+        elements = sum(int(np.prod(shape)) for shape in inputs.values())
+        held = suite_class(job.spec.suite).share_bytes(elements)
+        limit = self.config.limits.max_job_bytes
+        if held + keeps > limit:
+            raise exhausted(
+                f"job {job.job_id!r} would keep {keeps} bytes of shares (its {job.program.name} cache) "
+                f"beside its {held} bytes of inputs, above limits.max_job_bytes = {limit}"
+            )
 
     async def evaluate(
         self,

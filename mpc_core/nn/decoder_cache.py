@@ -48,13 +48,21 @@ def prefill(B, cfg: DecoderConfig, examples: Value, mask: np.ndarray) -> Decoder
     return DecoderCache([k for k, _ in record], [v for _, v in record], mask, mask.sum(axis=1))
 
 
-def suffix_tokens(B, prompts: Value, template: np.ndarray) -> Value:
-    """[P, L_prompt + L_template, H]: each candidate's prompt rows followed by the public template rows."""
+def suffix_tokens(B, prompts: Value, template: np.ndarray | Value) -> Value:
+    """[P, L_prompt + L_template, H]: each candidate's prompt rows followed by the template rows.
+
+    The template [L_template, H] is public (an array) or a value of the backend (on shares: uploaded by the
+    data owner, since the servers do not hold the public embedding table); either way no product is needed.
+    """
     p, _, h = prompts.shape
-    template = np.asarray(template, dtype=np.float64)
-    if template.ndim != 2 or template.shape[1] != h:
-        raise ValueError(f"template embeddings must be [tokens, {h}], got shape {template.shape}")
-    public = B.broadcast_to(prompts[:, :1] * 0, (p, template.shape[0], h)) + template[None]
+    if isinstance(template, np.ndarray) or not hasattr(template, "shape"):
+        template = np.asarray(template, dtype=np.float64)
+    if len(template.shape) != 2 or template.shape[1] != h:
+        raise ValueError(f"template embeddings must be [tokens, {h}], got shape {tuple(template.shape)}")
+    if isinstance(template, np.ndarray):
+        public = B.broadcast_to(prompts[:, :1] * 0, (p, template.shape[0], h)) + template[None]
+    else:
+        public = B.broadcast_to(template[None], (p, template.shape[0], h))
     return B.concatenate([prompts, public], axis=1)
 
 
@@ -90,7 +98,12 @@ def extend(B, cfg: DecoderConfig, cache: DecoderCache, new: Value) -> Value:
 
 
 def candidate_logits(
-    B, cfg: DecoderConfig, head: NextTokenHead, cache: DecoderCache, prompts: Value, template: np.ndarray
+    B,
+    cfg: DecoderConfig,
+    head: NextTokenHead,
+    cache: DecoderCache,
+    prompts: Value,
+    template: np.ndarray | Value,
 ) -> Value:
     """Verbalizer logits [P, n, C] of every (candidate, example) pair: the next-token logits after the
     candidate's prompt and the template's last token (the answer position), from the cached examples."""
@@ -106,7 +119,7 @@ def candidate_losses(
     head: NextTokenHead,
     cache: DecoderCache,
     prompts: Value,
-    template: np.ndarray,
+    template: np.ndarray | Value,
     onehot: Value,
     loss: str = "ce",
     **loss_options: float,

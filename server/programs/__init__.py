@@ -2,7 +2,8 @@
 
 Small programs (``affine``, ``mlp``, ``rounds``, ``model_linear``: :mod:`server.programs.builtin`) serve
 tests and benchmarks; ``prompt_tuning`` (:mod:`server.programs.tuning`) is the batched secure forward of
-the shared encoder that the data owner's tuning loop calls.
+the shared encoder that the data owner's tuning loop calls; ``decoder_tuning``
+(:mod:`server.programs.decoder`) the same for a shared LLaMA-family decoder.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from server.programs.builtin import BUILTIN
 
 
 def _registry() -> dict[str, Program]:
+    from server.programs.decoder import DecoderTuning
     from server.programs.tuning import PromptTuning
 
-    return {cls.name: cls() for cls in (*BUILTIN, PromptTuning)}
+    return {cls.name: cls() for cls in (*BUILTIN, PromptTuning, DecoderTuning)}
 
 
 PROGRAMS: dict[str, Program] = _registry()

@@ -50,6 +50,13 @@ class Program(ABC):
     ) -> dict[str, Shape]:
         """Check the request; return the output names and shapes (raise PlanError otherwise)."""
 
+    def state_bytes(self, inputs: Mapping[str, Shape], params: BaseModel, model: LoadedModel | None) -> int:
+        """Bytes of shares a batch would keep in the job's state (a cache), known from public shapes.
+
+        Checked with the job's uploads against ``limits.max_job_bytes`` before the batch runs; 0 by default.
+        """
+        return 0
+
     @abstractmethod
     def run(
         self,
