@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +38,14 @@ class Program(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
     uses_model: ClassVar[bool] = False
+
+    def for_job(self, job_id: str, state_dir: Path | None) -> Program:
+        """The instance job ``job_id`` runs (``state_dir``: this server's own folder for files it keeps).
+
+        Stateless programs are shared by every job (``self``).  A program whose plan depends on the
+        job's progress, or that keeps files on the server (checkpoints), returns a fresh instance.
+        """
+        return self
 
     def parse_params(self, params_json: str) -> BaseModel:
         try:
