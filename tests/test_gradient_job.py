@@ -107,7 +107,7 @@ class Case:
         return [float(tuner.step(x, y, self.mask)[0]) for _ in range(steps)]
 
 
-Batch = tuple[list[str], dict]
+Batch = tuple[list[str], dict | list[dict]]
 
 
 class InProcessJob:
@@ -140,6 +140,7 @@ class InProcessJob:
             model = self.case.models[p].wrap(ctx)
             program, state, out = self.programs[p], {}, []
             for (names, params), shares in zip(batches, split, strict=True):
+                params = params[p] if isinstance(params, list) else params  # per participant: a bad client
                 shapes = {n: self.case.secrets[n].shape for n in names}
                 parsed = program.parse_params(json.dumps(params))
                 planned = program.plan(shapes, parsed, self.case.models[p])
@@ -310,3 +311,20 @@ def test_a_resume_is_refused_unless_every_participant_holds_that_checkpoint(case
     _refused(reader, LATER, {**params, "resume": resume}, "cannot read checkpoint 'ck'")
     assert [p.progress.step for p in reader.programs] == [0, 0, 0]
     assert sorted(f.name for f in dirs[0].iterdir()) == ["ck.ckpt.npz"]  # no temporary file left behind
+
+
+def test_participants_resuming_different_checkpoints_abort_at_the_first_message(case: Case, tmp_path):
+    """A client that names a different (each locally valid) checkpoint to one participant: every plan
+    accepts, and the digest exchange at the start of the resume stops the job before any step."""
+    from mpc_core.transport.base import ProtocolError
+
+    params = case.params("prompt")
+    dirs = [tmp_path / f"p{p}" for p in range(3)]
+    InProcessJob(case, "first", dirs).run([(first_inputs("prompt"), {**params, "checkpoint": "ck"})])
+    InProcessJob(case, "second", dirs).run([(first_inputs("prompt"), {**params, "checkpoint": "ck2"})])
+    one = {**params, "resume": {"checkpoint": "ck", "step": 1, "job": "first"}}
+    two = {**params, "resume": {"checkpoint": "ck2", "step": 1, "job": "second"}}
+    reader = InProcessJob(case, "mixed", dirs)
+    with pytest.raises(ProtocolError, match="different checkpoints"):
+        reader.run([(LATER, [one, two, one])])
+    assert [p.progress.step for p in reader.programs] == [0, 0, 0]

@@ -88,6 +88,14 @@ class CheckpointStore:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
+    def writable(self) -> bool:
+        """Whether a checkpoint can be written here (the folder, or the nearest folder above it that
+        exists, is writable): checked in the plan, so a read-only deployment refuses before any step."""
+        folder = self.folder
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
     def path(self, checkpoint: str) -> Path:
         return self.folder / f"{checkpoint}{CHECKPOINT_SUFFIX}"
 
@@ -258,8 +266,10 @@ class GradientTuning(Program):
         digest = config_digest(params, classes, prompt_len, cfg.hidden, _model_digest(model))
         if progress.started and digest != progress.config_digest:
             raise PlanError("the method, Adam settings, loss scale and head scale are fixed for a job")
-        if params.checkpoint is not None and self.store is None:
-            raise PlanError("this server has no state directory: it cannot write checkpoints")
+        if params.checkpoint is not None and (self.store is None or not self.store.writable()):
+            raise PlanError(
+                "this server has no writable state directory (state_dir): it cannot write checkpoints"
+            )
         outputs: dict[str, Shape] = {"loss": (1,)}
         if params.output_prompt:
             outputs["prompt"] = (1, prompt_len, cfg.hidden)
@@ -279,7 +289,10 @@ class GradientTuning(Program):
                 f"checkpoint {resume.checkpoint!r} here holds step {meta.get('step')} of job "
                 f"{meta.get('job')!r}, not step {resume.step} of job {resume.job!r}"
             )
-        classes, prompt_len = int(meta.get("classes", 0)), int(meta.get("prompt_len", 0))
+        try:
+            classes, prompt_len = int(meta.get("classes", 0)), int(meta.get("prompt_len", 0))
+        except (TypeError, ValueError):
+            raise PlanError(f"checkpoint {resume.checkpoint!r} here has a malformed record") from None
         digest = config_digest(params, classes, prompt_len, hidden, _model_digest(model))
         if meta.get("config_digest") != digest or meta.get("method") != params.method:
             raise PlanError(
