@@ -125,3 +125,28 @@ def test_gradient_runs_follow_plaintext_resume_and_refuse_a_missing_checkpoint(t
         assert ckpt.is_file() and oct(ckpt.stat().st_mode & 0o777) == "0o600"
     saved = json.loads((tmp_path / "whole" / "state.json").read_text())
     assert saved["step"] == 3 and saved["checkpoint"] == whole.config.checkpoint_id
+
+
+def test_the_gradient_command_refuses_bad_options_with_one_error_line(tmp_path: Path):
+    """No cluster needed: what the user can fix ends in an ``error:`` line and exit code 2, no folder."""
+    from click.testing import CliRunner
+
+    from data_owner.gradient import gradient
+
+    runner = CliRunner()
+    base = ["--task", "sst2", "--data-dir", str(tmp_path), "--model", str(tmp_path), "--cluster", "c.yaml"]
+    result = runner.invoke(gradient, ["--out", str(tmp_path / "a"), *base, "--lr", "5"])
+    assert result.exit_code == 2 and "invalid options" in result.output + str(result.stderr_bytes or b"")
+    assert not (tmp_path / "a").exists()
+    result = runner.invoke(gradient, ["--out", str(tmp_path / "b"), "--resume"])
+    assert result.exit_code == 2 and "not a gradient run folder" in result.output + str(
+        result.stderr_bytes or b""
+    )
+    run = GradientRun.create(
+        tmp_path / "c",
+        GradientConfig(task="sst2", data_dir=str(tmp_path), model=str(tmp_path), cluster="c.yaml"),
+    )
+    result = runner.invoke(gradient, ["--out", str(run.folder), "--resume", "--lr", "0.1"])
+    assert result.exit_code == 2 and "--resume takes the run's own settings" in result.output + str(
+        result.stderr_bytes or b""
+    )

@@ -194,6 +194,10 @@ def adam_config(params: GradientParams):
 
 
 class GradientTuning(Program):
+    """One instance per job (:meth:`for_job`): its checkpoint store (this server's state directory), the
+    job's id (recorded in the checkpoints it writes) and the job's public progress, which the plan of each
+    batch checks; the shares live in the job's ``state``."""
+
     name = "gradient_tuning"
     Params = GradientParams
     uses_model = True
@@ -396,6 +400,8 @@ class GradientTuning(Program):
             meta, arrays = self.store.load(resume.checkpoint, who)
         except CheckpointError as exc:
             raise ProtocolError(str(exc)) from None
+        if (meta.get("step"), meta.get("job")) != (resume.step, resume.job):  # replaced since the plan
+            raise ProtocolError(f"{who}'s checkpoint {resume.checkpoint!r} changed after the plan")
         keys = ("checkpoint", "job", "step", "config_digest", "suite", "frac_bits")
         public = {k: meta.get(k) for k in keys}
         mine = np.frombuffer(hashlib.sha256(json.dumps(public, sort_keys=True).encode()).digest(), np.uint8)
