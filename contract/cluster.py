@@ -146,6 +146,11 @@ class ClusterConfig(_Strict):
     frac_bits: int = Field(default=16, ge=0, le=40)
     model: Path | None = Field(default=None, description="folder written by secp-share-model")
     run_dir: Path = Field(default=Path(".cluster/run"), description="secp-cluster's logs and pid file")
+    state_dir: Path = Field(
+        default=Path(".cluster/state"),
+        description="where each server keeps its own files (checkpoints of its shares), one folder per "
+        "participant name",
+    )
     parties: tuple[PartyConfig, ...]
     data_owner: DataOwnerConfig = DataOwnerConfig()
     tls: TLSConfig = TLSConfig()
@@ -180,6 +185,10 @@ class ClusterConfig(_Strict):
                 return p
         raise KeyError(participant)
 
+    def party_state_dir(self, participant: int) -> Path:
+        """The folder where ``participant``'s server keeps its own files (nobody else writes there)."""
+        return self.state_dir / self.party(participant).name
+
     def participant_of(self, name: str) -> int | None:
         """The participant number whose certificate identity is ``name`` (None if not a server)."""
         return next((p.participant for p in self.parties if p.name == name), None)
@@ -201,6 +210,7 @@ class ClusterConfig(_Strict):
             update={
                 "model": fix(self.model) or self.model,
                 "run_dir": fix(self.run_dir) or self.run_dir,
+                "state_dir": fix(self.state_dir) or self.state_dir,
                 "tls": tls,
             }
         )

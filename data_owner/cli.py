@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
+from data_owner.gradient import gradient
 from data_owner.oracle import NOT_PRIVATE
 from mpc_core.suites import DEFAULT_SUITE, SUITES
 
@@ -404,6 +405,8 @@ def report(run: Path, as_json: bool) -> None:
     result = write_report(RunFolder(run))
     emit(result, as_json, f"report {run}")
 
+
+main.add_command(gradient)  # secure SFT / gradient prompt tuning: the paper's baselines (issue 14)
 
 if __name__ == "__main__":
     main()

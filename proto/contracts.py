@@ -54,3 +54,53 @@ def padding_lengths(mask: np.ndarray) -> list[int]:
 def padding_mask(lengths, t: int) -> np.ndarray:
     """[n, t] int64 mask whose row i has ``lengths[i]`` leading ones."""
     return (np.arange(t)[None, :] < np.asarray(lengths, dtype=np.int64)[:, None]).astype(np.int64)
+
+
+#: Ids of server-side checkpoints (a file name on each server: no path separators, no leading dot).
+CHECKPOINT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ResumeFrom(BaseModel):
+    """Which server-side checkpoint a ``gradient_tuning`` job starts from: its id, the step it holds and
+    the job that wrote it (every participant checks all three against its own file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(pattern=CHECKPOINT_ID_PATTERN.pattern)
+    step: int = Field(ge=1, le=1 << 30)
+    job: str = Field(pattern=CHECKPOINT_ID_PATTERN.pattern)
+
+
+class GradientParams(BaseModel):
+    """Public parameters of one ``gradient_tuning`` batch: one Adam step of secure SFT (``sft``: every
+    encoder tensor trained) or secure gradient prompt tuning (``prompt``: a soft prompt [1, L, H] trained).
+
+    Only the similarity head, the cross-entropy loss and softmax attention have a backward pass
+    (:mod:`mpc_core.nn.grad`).  The Adam settings (``lr``, betas, ``eps``, ``grad_max``, ``loss_scale``)
+    are fixed for a job and for every job resuming its checkpoints; ``checkpoint`` asks every server to
+    write its shares of the trained state after this batch's step; ``resume`` (first batch only) starts
+    from such a checkpoint instead of the model and the uploaded prompt.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["sft", "prompt"]
+    split: str = Field(default="train", pattern=TENSOR_NAME_PATTERN.pattern)
+    loss: Literal["ce"] = "ce"
+    head: Literal["similarity"] = "similarity"
+    lengths: list[int]
+    pool_exclude: list[int] | None = None
+    #: real tokens per anchor sentence; needed with ``anchors.x`` (a fresh job's first batch).
+    anchor_lengths: list[int] | None = None
+    scale: float = Field(default=20.0, gt=0, le=1000)
+    lr: float = Field(gt=0, le=1.0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    eps: float = Field(default=1e-2, ge=1e-6, le=1.0)
+    grad_max: float = Field(default=1.0, gt=0, le=1e4)
+    #: public power of two the backward's gradients are scaled by (fixed-point headroom), 1 .. 2^16.
+    loss_scale: float = Field(default=256.0, ge=1.0, le=65536.0)
+    #: also return the prompt after this step (``method="prompt"`` only: the data owner owns its prompt).
+    output_prompt: bool = False
+    checkpoint: str | None = Field(default=None, pattern=CHECKPOINT_ID_PATTERN.pattern)
+    resume: ResumeFrom | None = None

@@ -44,6 +44,8 @@ class JobRegistry:
         self.jobs: dict[str, Job] = {}
         self._tombstones: OrderedDict[str, str] = OrderedDict()
         self.stopping = False
+        #: this server's own folder (checkpoints of its shares); created by the programs that write there
+        self.state_dir = config.party_state_dir(me)
 
     def accepting(self, what: str) -> None:
         """Refuse new work once a shutdown has begun (running batches may still finish)."""
@@ -111,6 +113,7 @@ class JobRegistry:
             limit = self.config.limits.max_jobs
             raise exhausted(f"this server already runs {len(self.jobs)} jobs (limits.max_jobs = {limit})")
         self.resources.check_memory("job")
+        program = program.for_job(job_id, self.state_dir)
         job = Job(job_id=job_id, spec=spec, digest=spec.digest(job_id), program=program)
         self.jobs[job_id] = job
         log.info("job %s opened: program %s", job_id, spec.program)

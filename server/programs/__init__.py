@@ -3,7 +3,9 @@
 Small programs (``affine``, ``mlp``, ``rounds``, ``model_linear``: :mod:`server.programs.builtin`) serve
 tests and benchmarks; ``prompt_tuning`` (:mod:`server.programs.tuning`) is the batched secure forward of
 the shared encoder that the data owner's tuning loop calls; ``decoder_tuning``
-(:mod:`server.programs.decoder`) the same for a shared LLaMA-family decoder.
+(:mod:`server.programs.decoder`) the same for a shared LLaMA-family decoder; ``gradient_tuning``
+(:mod:`server.programs.gradient`) runs secure SFT or gradient prompt tuning one Adam step per batch,
+with server-side checkpoints.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from server.programs.builtin import BUILTIN
 
 def _registry() -> dict[str, Program]:
     from server.programs.decoder import DecoderTuning
+    from server.programs.gradient import GradientTuning
     from server.programs.tuning import PromptTuning
 
-    return {cls.name: cls() for cls in (*BUILTIN, PromptTuning, DecoderTuning)}
+    return {cls.name: cls() for cls in (*BUILTIN, PromptTuning, DecoderTuning, GradientTuning)}
 
 
 PROGRAMS: dict[str, Program] = _registry()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +39,14 @@ class Program(ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     uses_model: ClassVar[bool] = False
 
+    def for_job(self, job_id: str, state_dir: Path | None) -> Program:
+        """The instance job ``job_id`` runs (``state_dir``: this server's own folder for files it keeps).
+
+        Stateless programs are shared by every job (``self``).  A program whose plan depends on the
+        job's progress, or that keeps files on the server (checkpoints), returns a fresh instance.
+        """
+        return self
+
     def parse_params(self, params_json: str) -> BaseModel:
         try:
             return self.Params.model_validate_json(params_json or "{}")
@@ -53,7 +62,7 @@ class Program(ABC):
     def state_bytes(self, inputs: Mapping[str, Shape], params: BaseModel, model: LoadedModel | None) -> int:
         """Bytes of shares a batch would keep in the job's state (a cache), known from public shapes.
 
-        Checked with the job's uploads against ``limits.max_job_bytes`` before the batch runs; 0 by default.
+        Checked with the batch's inputs against ``limits.max_job_bytes`` before the batch runs; 0 by default.
         """
         return 0
 
