@@ -41,7 +41,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MKL_NUM_THREADS=1 \
     PATH=/opt/secp/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 COPY --from=build /opt/secp /opt/secp
-RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin secp
+RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin secp \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/secp
+# /var/lib/secp: the server's state_dir (its checkpoints of shares); compose mounts a named volume there,
+# which Docker initialises with this owner and mode, so the read-only root keeps one writable place.
 USER 10001:10001
 WORKDIR /tmp
 

@@ -6,7 +6,8 @@ r"""Lay out what each server container mounts: one folder per participant, holdi
 writes ``OUT/partyN/`` for every participant N of the cluster file::
 
     cluster.yaml            the cluster file itself (same topology, names, suite and limits), with its
-                            paths pointing inside this folder: tls.dir certs, model model, run_dir /tmp/secp
+                            paths pointing inside this folder: tls.dir certs, model model, run_dir /tmp/secp,
+                            state_dir /var/lib/secp (the image's writable volume)
     certs/ca.pem            the cluster CA
     certs/NAME.pem, .key    this participant's certificate and key (mode 600), nothing of the others
     model/manifest.json     the public manifest (every participant, the dealer too)
@@ -34,6 +35,8 @@ from contract.cluster import ClusterConfig, ConfigError, load_config
 
 #: The unprivileged user of the server image (Dockerfile: useradd --uid 10001).
 IMAGE_UID = 10001
+#: The servers' state_dir inside the containers: the image creates it, compose mounts a volume there.
+CONTAINER_STATE_DIR = "/var/lib/secp"
 
 
 def _copy(source: Path, target: Path, mode: int, owner: tuple[int, int] | None) -> None:
@@ -94,7 +97,7 @@ def _fill(
     _copy(config.tls.cert_path(party.name), folder / "certs" / f"{party.name}.pem", 0o644, owner)
     _copy(config.tls.key_path(party.name), folder / "certs" / f"{party.name}.key", 0o600, owner)
     text = dict(source_text)
-    text.update(tls={"dir": "certs"}, run_dir="/tmp/secp", model=None)
+    text.update(tls={"dir": "certs"}, run_dir="/tmp/secp", state_dir=CONTAINER_STATE_DIR, model=None)
     if model is not None:
         (folder / "model").mkdir()
         _copy(model / "manifest.json", folder / "model" / "manifest.json", 0o644, owner)

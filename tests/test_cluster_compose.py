@@ -24,7 +24,7 @@ from contract.cluster import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
-from stage import stage  # noqa: E402
+from stage import CONTAINER_STATE_DIR, stage  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,11 @@ def test_one_service_per_participant_of_the_example(compose):
         p = _participant(service)
         assert service["command"][:2] == ["--config", "/srv/secp/cluster.yaml"]
         assert (example.party(p).role == "dealer") == ("--role" in service["command"]), name
-        assert service["volumes"] == [f"${{SECP_STAGE:-./.cluster/compose}}/party{p}:/srv/secp:ro"]
+        assert service["volumes"][0] == f"${{SECP_STAGE:-./.cluster/compose}}/party{p}:/srv/secp:ro"
+        # the one writable place: this server's own named volume at the staged state_dir
+        (state,) = service["volumes"][1:]
+        volume, target = state.split(":")
+        assert target == CONTAINER_STATE_DIR and volume in compose["volumes"]
         health = service["healthcheck"]["test"]
         assert health[:7] == [
             "CMD",
@@ -151,6 +155,7 @@ def test_stage_gives_each_participant_only_its_own_secrets(tmp_path: Path):
         assert staged.parties == config.parties and staged.limits == config.limits
         assert staged.suite == config.suite and staged.data_owner == config.data_owner
         assert staged.tls.dir == folder / "certs" and staged.model == folder / "model"
+        assert str(staged.state_dir) == CONTAINER_STATE_DIR  # the image's writable volume, not the mount
         assert (folder / "model" / "manifest.json").read_bytes() == (
             tmp_path / "model" / "manifest.json"
         ).read_bytes()

@@ -154,7 +154,10 @@ dtypes = st.one_of(st.sampled_from(["<u8", "<f8", "|u1", ">u8", ""]), any_text)
 specs = st.builds(
     dict,
     program=st.one_of(
-        st.sampled_from(["affine", "mlp", "rounds", "model_linear", "prompt_tuning"]), any_text
+        st.sampled_from(
+            ["affine", "mlp", "rounds", "model_linear", "prompt_tuning", "decoder_tuning", "gradient_tuning"]
+        ),
+        any_text,
     ),
     suite=st.one_of(st.sampled_from(["2pc", "2pc", "3pc", ""]), any_text),
     frac_bits=st.one_of(st.just(16), uint32),
