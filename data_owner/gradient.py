@@ -34,6 +34,7 @@ import click
 import grpc
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from data_owner.checkpoint import atomic_write_bytes
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
@@ -54,21 +55,31 @@ class GradientConfig(BaseModel):
     data_dir: str = Field(description="folder with the train split (train.tsv/.csv/.jsonl)")
     model: str = Field(description="the shared model's folder (secp-share-model output: its public part)")
     cluster: str = Field(description="the cluster file")
-    insecure: bool = False
-    method: Literal["sft", "prompt"] = "prompt"
-    steps: int = Field(default=10, ge=1, le=100_000)
-    batch_size: int = Field(default=8, ge=1, le=4096)
+    insecure: bool = Field(default=False, description="no TLS (local development only)")
+    method: Literal["sft", "prompt"] = Field(
+        default="prompt", description="sft: every encoder weight (kept as shares); prompt: a soft prompt"
+    )
+    steps: int = Field(default=10, ge=1, le=100_000, description="Adam steps in all")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="train rows per step")
     prompt_length: int = Field(default=4, ge=1, le=64, description="prompt rows (method prompt)")
-    max_length: int = Field(default=64, ge=4, le=4096)
-    lr: float = Field(default=0.05, gt=0, le=1.0)
+    max_length: int = Field(default=64, ge=4, le=4096, description="longest input in tokens")
+    lr: float = Field(default=0.05, gt=0, le=1.0, description="Adam's learning rate")
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.999, ge=0, lt=1)
-    eps: float = Field(default=1e-2, ge=1e-6, le=1.0)
-    grad_max: float = Field(default=1.0, gt=0, le=1e4)
-    loss_scale: float = Field(default=256.0, ge=1, le=65536)
-    similarity_scale: float = Field(default=20.0, gt=0, le=1000)
-    seed: int = Field(default=0, ge=0)
-    checkpoint_every: int = Field(default=5, ge=1)
+    eps: float = Field(default=1e-2, ge=1e-6, le=1.0, description="Adam's epsilon (inside the root)")
+    grad_max: float = Field(
+        default=1.0, gt=0, le=1e4, description="largest gradient entry the fixed-point Adam step serves"
+    )
+    loss_scale: float = Field(
+        default=256.0, ge=1, le=65536, description="gradients are computed times this power of two"
+    )
+    similarity_scale: float = Field(
+        default=20.0, gt=0, le=1000, description="the similarity head's logit scale"
+    )
+    seed: int = Field(default=0, ge=0, description="picks the batches of every step")
+    checkpoint_every: int = Field(
+        default=5, ge=1, description="steps between the servers' checkpoints (and after the last)"
+    )
     run_id: str = Field(default_factory=lambda: secrets.token_hex(8), pattern=r"^[0-9a-f]{16}$")
 
     @property
@@ -287,26 +298,38 @@ def _npy(value: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _described(field: str) -> str | None:
+    return GradientConfig.model_fields[field].description
+
+
+def config_option(field: str, *decls: str, **kwargs: Any):
+    """An option for a :class:`GradientConfig` field: its help and shown default come from the field (one
+    source).  Its click default is None, so that ``--resume`` can tell which settings were given."""
+    info = GradientConfig.model_fields[field]
+    shown = info.default if info.default is not PydanticUndefined else False
+    return click.option(*decls, default=None, show_default=str(shown), help=info.description, **kwargs)
+
+
 @click.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (new, or --resume)")
 @click.option("--resume", is_flag=True, help="continue the run in OUT from its latest server checkpoint")
-@click.option("--task", default=None, help="built-in task or a task file")
-@click.option("--data-dir", default=None, help="folder with the train split")
-@click.option("--model", default=None, help="the shared model's folder (its public part is read)")
-@click.option("--cluster", default=None, help="the cluster file")
-@click.option("--insecure", is_flag=True, default=None, help="no TLS (local development only)")
-@click.option("--method", type=click.Choice(["sft", "prompt"]), default=None, show_default="prompt")
-@click.option("--steps", type=int, default=None, show_default="10", help="Adam steps in all")
-@click.option("--batch-size", type=int, default=None, show_default="8")
-@click.option("--prompt-length", "-L", type=int, default=None, show_default="4")
-@click.option("--max-length", type=int, default=None, show_default="64")
-@click.option("--lr", type=float, default=None, show_default="0.05")
-@click.option("--eps", type=float, default=None, show_default="1e-2")
-@click.option("--grad-max", type=float, default=None, show_default="1.0")
-@click.option("--loss-scale", type=float, default=None, show_default="256")
-@click.option("--similarity-scale", type=float, default=None, show_default="20")
-@click.option("--seed", type=int, default=None, show_default="0")
-@click.option("--checkpoint-every", type=int, default=None, show_default="5")
+@click.option("--task", default=None, help=_described("task"))
+@click.option("--data-dir", default=None, help=_described("data_dir"))
+@click.option("--model", default=None, help=_described("model"))
+@click.option("--cluster", default=None, help=_described("cluster"))
+@click.option("--insecure", is_flag=True, default=None, help=_described("insecure"))
+@config_option("method", "--method", type=click.Choice(["sft", "prompt"]))
+@config_option("steps", "--steps", type=int)
+@config_option("batch_size", "--batch-size", type=int)
+@config_option("prompt_length", "--prompt-length", "-L", type=int)
+@config_option("max_length", "--max-length", type=int)
+@config_option("lr", "--lr", type=float)
+@config_option("eps", "--eps", type=float)
+@config_option("grad_max", "--grad-max", type=float)
+@config_option("loss_scale", "--loss-scale", type=float)
+@config_option("similarity_scale", "--similarity-scale", type=float)
+@config_option("seed", "--seed", type=int)
+@config_option("checkpoint_every", "--checkpoint-every", type=int)
 def gradient(out: Path, resume: bool, **options: Any) -> None:
     """Secure SFT or secure gradient prompt tuning on the cluster, one Adam step per request.
 
