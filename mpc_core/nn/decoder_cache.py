@@ -40,6 +40,13 @@ class DecoderCache:
     lengths: np.ndarray
 
 
+def cache_entries(cfg: DecoderConfig, rows: int, tokens: int) -> int:
+    """Entries of the cache of ``rows`` examples padded to ``tokens``: every layer's keys and values,
+    layers x rows x kv_heads x tokens x head_dim x 2 (one float64 in plaintext, one ring element per share
+    slot on shares: 8 bytes each).  Known from public shapes: memory limits are checked before a prefill."""
+    return 2 * cfg.layers * rows * cfg.kv_heads * tokens * cfg.head_dim
+
+
 def prefill(B, cfg: DecoderConfig, examples: Value, mask: np.ndarray) -> DecoderCache:
     """Run the examples [n, T, H] once and keep every layer's keys and values."""
     mask = np.asarray(mask, dtype=np.int64)
@@ -166,6 +173,7 @@ def full_sequences(examples: np.ndarray, mask: np.ndarray, new: np.ndarray) -> l
 
 __all__ = [
     "DecoderCache",
+    "cache_entries",
     "candidate_logits",
     "candidate_losses",
     "extend",

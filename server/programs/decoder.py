@@ -65,7 +65,9 @@ def decoder_config(model):
 
 def cache_bytes(cfg, n: int, t: int, slots: int) -> int:
     """Bytes of one participant's kept keys and values of n examples of T tokens (every layer)."""
-    return 2 * cfg.layers * n * cfg.kv_heads * t * cfg.head_dim * 8 * slots
+    from mpc_core.nn.decoder_cache import cache_entries
+
+    return 8 * slots * cache_entries(cfg, n, t)
 
 
 class DecoderTuning(Program):
