@@ -19,13 +19,21 @@ import pytest
 from mpc_core import functions as fn
 from mpc_core.functions.exp import EXP_DOMAIN_HI, EXP_DOMAIN_LO, EXP_SQUARINGS, exp_domain_lo
 from mpc_core.functions.gelu import (
+    GELU,
+    GELU_COEFFICIENTS,
     GELU_DOMAIN,
+    GELU_RESOLUTION,
+    GELU_SERIES_PERIOD,
     GELU_SERIES_TARGET,
+    GELU_TAILED,
+    GELU_THRESHOLD,
+    GELU_WAVE_DOMAIN,
     gelu_fixed_point_bound,
     gelu_harmonics,
+    gelu_model,
     gelu_reference,
-    gelu_series,
 )
+from mpc_core.functions.tailed_series import minimax_cosine_fit
 from mpc_core.ring import FixedPoint
 from mpc_core.runtime import run_parties
 from mpc_core.tensor import SharedTensor
@@ -147,25 +155,50 @@ def test_log_bound_on_domain(suite: str, lo: float, hi: float) -> None:
 # ----------------------------------------------------------------------------------------------- gelu
 
 
-def test_gelu_series_in_float64() -> None:
-    """The series model (grid coefficients) is within GELU_SERIES_TARGET of GELU on [-28, 28]; beyond the
-    domain it follows the periodic extension (documented), so the domain really ends there."""
+def test_gelu_model_in_float64() -> None:
+    """The tailed model is within GELU_SERIES_TARGET of GELU on the whole domain, in both readings of the
+    comparisons' fuzzy band; the recorded coefficients are the minimax fit; 6 harmonics would not do; and
+    the series alone is not GELU beyond its reach (so the tails are needed)."""
+    reach = GELU_THRESHOLD + GELU_RESOLUTION
+    assert 2 * reach < GELU_SERIES_PERIOD
+    assert GELU_TAILED.model_error() <= GELU_SERIES_TARGET
+    fitted = minimax_cosine_fit(GELU_TAILED.even_part, GELU_SERIES_PERIOD, len(GELU_COEFFICIENTS) - 1, reach)
+    np.testing.assert_array_equal(np.rint(fitted * 2.0**16).astype(np.int64), GELU_COEFFICIENTS)
+    # an independent check of the model on a grid that includes the band's edges and the domain's ends
+    x = np.concatenate([np.linspace(-12, 12, 240001), np.linspace(-GELU_DOMAIN, GELU_DOMAIN, 40001)])
+    x = np.concatenate([x, [GELU_THRESHOLD, reach - 1e-9, -GELU_THRESHOLD, -reach + 1e-9]])
+    for tails in (True, False):
+        assert np.max(np.abs(gelu_model(x, tails) - gelu_reference(x))) <= GELU_SERIES_TARGET
+    fewer = minimax_cosine_fit(GELU_TAILED.even_part, GELU_SERIES_PERIOD, len(GELU_COEFFICIENTS) - 2, reach)
+    grid = np.linspace(0.0, reach, 50001)
+    basis = np.cos(2 * np.pi * np.outer(grid, np.arange(fewer.size)) / GELU_SERIES_PERIOD)
+    assert np.max(np.abs(basis @ fewer - GELU_TAILED.even_part(grid))) > GELU_SERIES_TARGET
+    outside = np.array([8.0, -8.0])
+    assert np.all(np.abs(GELU_TAILED.series(outside) - gelu_reference(outside)) > 0.5)
+
+
+def test_gelu_wave_in_float64() -> None:
+    """The full-period wave (GELU' in the backward pass differentiates it) keeps its bound on [-28, 28];
+    beyond its domain it follows the periodic extension (documented), so its domain really ends there."""
     count = len(gelu_harmonics())
-    x = np.linspace(-GELU_DOMAIN, GELU_DOMAIN, 200001)
-    assert np.max(np.abs(gelu_series(x, count) - gelu_reference(x))) <= GELU_SERIES_TARGET
+    x = np.linspace(-GELU_WAVE_DOMAIN, GELU_WAVE_DOMAIN, 200001)
+    assert np.max(np.abs(GELU.series(x, count) - gelu_reference(x))) <= GELU_SERIES_TARGET
     outside = np.array([40.0, -40.0])
-    assert np.all(np.abs(gelu_series(outside, count) - gelu_reference(outside)) > 1.0)
+    assert np.all(np.abs(GELU.series(outside, count) - gelu_reference(outside)) > 1.0)
 
 
 def test_gelu_bound_on_domain(suite: str) -> None:
-    edges = [-GELU_DOMAIN, -10.0, -4.0, -ULP, 0.0, ULP, 4.0, 10.0, 24.8, GELU_DOMAIN]
-    x = np.concatenate([np.linspace(-GELU_DOMAIN, GELU_DOMAIN, 4001), edges])
+    reach = GELU_THRESHOLD + GELU_RESOLUTION
+    band = [GELU_THRESHOLD, GELU_THRESHOLD + ULP, 4.75, reach - ULP, reach]
+    edges = [-GELU_DOMAIN, -100.0, -28.0, -10.0, -4.0, -ULP, 0.0, ULP, 4.0, 10.0, 24.8, 28.0, 100.0]
+    edges.append(GELU_DOMAIN)
+    x = np.concatenate([np.linspace(-28, 28, 4001), np.linspace(-6, 6, 2001), edges, band, -np.array(band)])
     got = secure(suite, fn.gelu, x)
     xe = enc(x)
-    count = len(gelu_harmonics())
-    # the protocol against its float64 model, pointwise; then the model against GELU
-    assert_within(got, gelu_series(xe, count), gelu_fixed_point_bound(count), "gelu vs its series")
-    assert_within(got, gelu_reference(xe), GELU_SERIES_TARGET + gelu_fixed_point_bound(count), "gelu")
+    # the protocol against its float64 model (in the fuzzy band, either branch), pointwise; then GELU
+    model_err = np.minimum(np.abs(got - gelu_model(xe, True)), np.abs(got - gelu_model(xe, False)))
+    assert_within(model_err, np.zeros_like(model_err), gelu_fixed_point_bound(), "gelu vs its model")
+    assert_within(got, gelu_reference(xe), GELU_SERIES_TARGET + gelu_fixed_point_bound(), "gelu")
     inner = np.abs(x) <= 10
     assert np.max(np.abs(got[inner] - gelu_reference(xe[inner]))) <= 1e-2  # the project's requirement
     assert_spu_tolerance(got, gelu_reference(xe), "gelu")
