@@ -11,7 +11,7 @@ and recorded in GELU_COEFFICIENTS so every participant holds the same public num
 read only the carry bits from 2^-1 up to the domain's bound, so x in [4.5, 5) may take either branch;
 the series is fitted up to 5 so both are right there.
 
-Domain: |x| <= GELU_DOMAIN = 2000 (the comparisons' bound; 12 carry bits).  Measured GELU inputs of
+Domain: |x| <= GELU_DOMAIN = 120 (the comparisons' bound: 8 carry bits, 2^-1 to 2^7).  Measured GELU inputs of
 all-MiniLM-L6-v2 on SST-2 and AG News, with and without random prompts: [-20.7, 24.8] (99.8% within
 [-5.5, 2.3]; docs/functions.md).  The former single series (18 odd harmonics, period 64, kept below as
 ``GELU``) was valid only on |x| <= 28 and followed its periodic extension beyond.
@@ -23,7 +23,7 @@ error <= GELU_SERIES_TARGET + gelu_fixed_point_bound() = 3.7e-4, below the forme
 pointwise in both suites against the model (either branch in the fuzzy band) and against GELU.
 
 Cost per element, 2pc: 7 harmonics, so 14 dealt table values (112 B, the former series dealt 36: 288 B);
-one windowed msb of two values (12 carry bits each), one product of x by two bits, the trig's two rounds.
+one windowed msb of two values (8 carry bits each), one product of x by two bits, the trig's two rounds.
 
 The full-period wave ``GELU`` (P = 64, 18 odd harmonics, |x| <= 28, error <= 5.5e-4) stays for the
 backward pass's GELU' (:mod:`mpc_core.nn.grad.ops` differentiates its series); ``gelu`` no longer uses it.
@@ -40,7 +40,7 @@ from mpc_core.functions.triangle_series import TriangleWaveActivation
 from mpc_core.tensor import SharedTensor
 
 #: |x| <= GELU_DOMAIN: where the tails' comparisons are exact (their window's bound).
-GELU_DOMAIN = 2000.0
+GELU_DOMAIN = 120.0
 #: The model's error target on the domain (the series' and the tails').
 GELU_SERIES_TARGET = 2.5e-4
 #: The tails start at GELU_THRESHOLD; x within GELU_RESOLUTION above it may still use the series.
@@ -103,5 +103,5 @@ gelu_harmonics = GELU.harmonics
 
 
 def gelu(x: SharedTensor) -> SharedTensor:
-    """GELU(x) for |x| <= 2000: max abs error <= 3.7e-4 (module docstring), 7 harmonics, 2 comparisons."""
+    """GELU(x) for |x| <= 120: max abs error <= 3.7e-4 (module docstring), 7 harmonics, 2 comparisons."""
     return GELU_TAILED.secure(x)
