@@ -33,6 +33,7 @@ from mpc_core.functions.gelu import (
     gelu_model,
     gelu_reference,
 )
+from mpc_core.functions.inverse import RSQRT_ROWS_STEPS, fine_edges, rsqrt_rows, rsqrt_rows_error
 from mpc_core.functions.tailed_series import minimax_cosine_fit
 from mpc_core.ring import FixedPoint
 from mpc_core.runtime import run_parties
@@ -126,6 +127,29 @@ def test_rsqrt_bound_on_domain(suite: str) -> None:
     got = secure(suite, fn.rsqrt, x)
     ref = 1.0 / np.sqrt(enc(x))
     assert_within(got, ref, 1.6e-5 * ref + 1.5 * ULP, "rsqrt")
+
+
+@pytest.mark.parametrize("lo, hi", [fn.LAYERNORM_VAR_DOMAIN, fn.RSQRT_DOMAIN])
+def test_rsqrt_rows_bound_on_domain(suite: str, lo: float, hi: float) -> None:
+    """rsqrt_rows (LayerNorm's): within rsqrt_rows_error relatively plus one ulp, step edges included."""
+    edges = fine_edges(lo, hi, RSQRT_ROWS_STEPS, FP.frac_bits)
+    x = np.concatenate([log_grid(lo, hi, 2001), edges, edges[1:-1] * (1 + 2.0**-15), [0.11, 131.0]])
+    got = secure(suite, lambda t: rsqrt_rows(t, lo, hi), x)
+    ref = 1.0 / np.sqrt(enc(x))
+    assert rsqrt_rows_error(lo, hi) <= 2.5e-6  # far inside rsqrt's 1.6e-5, which LayerNorm's bound uses
+    assert_within(got, ref, rsqrt_rows_error(lo, hi) * ref + ULP, f"rsqrt_rows on [{lo}, {hi}]")
+
+
+def test_rsqrt_rows_steps_in_float64() -> None:
+    """Every guess step has |1 - x Y2| <= 0.0435 at both ends, and the degree-3 series of 1/sqrt(1 - e)
+    leaves at most (35/128) e^4 / (1 - e) there (checked against the float64 series itself)."""
+    edges = fine_edges(*fn.LAYERNORM_VAR_DOMAIN, RSQRT_ROWS_STEPS, FP.frac_bits)
+    y2 = 2.0 / (edges[:-1] + edges[1:])
+    for x in (edges[:-1], edges[1:]):
+        e = 1 - x * y2
+        assert np.max(np.abs(e)) <= 0.0435
+        series = np.sqrt(y2) * (1 + e / 2 + 3 * e**2 / 8 + 5 * e**3 / 16)
+        assert np.max(np.abs(series * np.sqrt(x) - 1)) <= 35 / 128 * 0.0435**4 / (1 - 0.0435)
 
 
 def test_inverse_domain_edges_in_float64() -> None:
@@ -310,6 +334,31 @@ def test_layer_norm_bound(suite: str, params: str) -> None:
     bound = rel * np.abs(ref - bias) + 4 * ULP * (1 + np.abs(w))
     assert_within(got, ref, bound, f"layer_norm ({params} params)")
     assert_spu_tolerance(got, ref, "layer_norm")
+
+
+@pytest.mark.parametrize("params", ["public", "shared"])
+def test_layer_norm_rounds(suite: str, params: str) -> None:
+    """LayerNorm's rounds (the issue's target): 18 in 2pc and 25 in 3pc (were 28-29 and 41-42); a row of odd
+    H whose centring constant would be imprecise (H = 1000) takes the former path and keeps its bound."""
+    rng = np.random.default_rng(4)
+    counts = {}
+    for h in (384, 1000):
+        x = layer_norm_rows(rng, h)
+        w, b = enc(1 + 0.2 * rng.normal(size=h)), enc(0.1 * rng.normal(size=h))
+
+        def program(ctx, t, tw, w=w, b=b):
+            before = ctx.stats.total.rounds
+            y = fn.layer_norm(t, tw if params == "shared" else w, b, 1e-12)
+            return ctx.stats.total.rounds - before, y.reveal()
+
+        results = run_parties(suite, program, x, w)
+        counts[h] = max(r[0] for r in results)
+        got, ref = results[0][1], layer_norm_ref(enc(x), w, b, 1e-12)
+        var = ((enc(x) - enc(x).mean(axis=-1, keepdims=True)) ** 2).mean(axis=-1, keepdims=True)
+        rel = 1.6e-5 + 1.5 * ULP * np.sqrt(var) + 0.6 * ULP / var
+        assert_within(got, ref, rel * np.abs(ref - b) + 4 * ULP * (1 + np.abs(w)), f"layer_norm H={h}")
+    assert counts[384] == {"2pc": 18, "3pc": 25}[suite]
+    assert counts[1000] > counts[384]
 
 
 def test_layer_norm_small_rows_3d(suite: str) -> None:
