@@ -24,8 +24,9 @@ pointwise in both suites against the model (either branch in the fuzzy band) and
 
 Cost per element, 2pc (measured, bench/results/nonlinear_ab.json): 7 harmonics, so 14 dealt table values
 (the former series dealt 36); one windowed msb of two values (8 carry bits each) and one product of x by
-the two bits.  Dealer 157 B (was 296), parties 81 B (was 8), 8 rounds (was 2; 3pc 10, was 3).  CPU about
-the same as the former series: the comparisons and the product cost what the 11 saved harmonics did.  The
+the two bits.  Dealer 157 B (was 296), parties 81 B (was 8), 8 rounds (was 2; 3pc 10, was 3).  CPU in-process
+about the same as the former series (the comparisons and the product cost what the 11 saved harmonics
+did); over gRPC 0.58x in 2pc, where moving the dealer's bytes costs CPU too.  The
 comparisons' bound is kept at 124.5 (8 bits) for that reason: a 12-bit window (domain 2000) cost 1.26x.
 
 The full-period wave ``GELU`` (P = 64, 18 odd harmonics, |x| <= 28, error <= 5.5e-4) stays for the
