@@ -9,9 +9,10 @@ docs/functions.md.
     reciprocal    octave guess + Goldschmidt                x in [lo, hi] (default [2^-4, 2^10])
     rsqrt         octave guess + coupled Newton             x in [lo, hi] (default [2^-8, 2^8])
     log           octave normalisation + degree-6 poly      x in [lo, hi] (default [2^-8, 2^8])
-    gelu          x/2 + 18-term cosine series (one trig)    |x| <= 28
+    gelu          7-term cosine series on |x| < 5, exact    |x| <= 120
+                  tails (two windowed comparisons)
     softmax       near-max tree, exp, reciprocal per row       row spread <= 240 (optional public mask)
-    layer_norm    rsqrt of the row variance                 var + eps in [2^-5, 2^10]
+    layer_norm    exact centring, rsqrt_rows (18 rounds)    var + eps in [2^-5, 2^10]
     less_than, greater_equal, sign, relu, where, maximum, max, argmax: exact (msb-based)
 """
 

@@ -37,15 +37,20 @@ from __future__ import annotations
 import numpy as np
 
 from mpc_core.functions._common import (
+    RAW_BITS,
+    exact_truncation,
     mul_at,
     octave_bits,
     octave_edges,
+    on_grid,
     piecewise_constant,
+    piecewise_integer,
     reinterpret,
     rescale,
     split,
     working_bits,
 )
+from mpc_core.ring import FixedPoint
 from mpc_core.tensor import SharedTensor
 
 #: Default domains (callers that know tighter ones pass lo and hi: each octave costs one comparison).
@@ -115,3 +120,74 @@ def rsqrt(
             else:
                 y = mul_at(y, s, r, s + 1, s if precise else f)
         return reinterpret(y, s if precise else f)
+
+
+#: Guess steps per octave of :func:`rsqrt_rows` (edges lo 2^(j/5)): |1 - x Y2| <= 0.0697 on every step.
+RSQRT_ROWS_STEPS = 5
+#: rsqrt_rows' correction: 1/sqrt(1 - e) to degree 3 in e, remainder <= (35/128) e^4 / (1 - e).
+_ROOT_SERIES = (1.0, 0.5, 0.375, 0.3125)
+
+
+def fine_edges(lo: float, hi: float, steps: int, frac_bits: int) -> np.ndarray:
+    """Step edges lo 2^(j/steps) covering [lo, hi] (whole octaves), rounded to the fixed-point grid."""
+    octaves = octave_edges(lo, hi, frac_bits)
+    count = (octaves.size - 1) * steps
+    edges = on_grid(lo * 2.0 ** (np.arange(count + 1) / steps), frac_bits)
+    if np.any(np.diff(edges) <= 0):
+        raise ValueError(f"steps of [{lo}, {hi}] are finer than the fixed-point grid")
+    return edges
+
+
+def rsqrt_rows_error(lo: float, hi: float, steps: int = RSQRT_ROWS_STEPS) -> float:
+    """Relative error bound of :func:`rsqrt_rows` before its one-ulp output rounding (docstring)."""
+    edges = fine_edges(lo, hi, steps, FixedPoint().frac_bits)
+    ratio = float(np.max(edges[1:] / edges[:-1]))
+    e = (ratio - 1) / (ratio + 1) + 2.0**-13  # the guess, plus an input read as the step below
+    return 35 / 128 * e**4 / (1 - e) + 2.0**-20  # the series' remainder + the working precision's terms
+
+
+def rsqrt_rows(
+    x: SharedTensor, lo: float, hi: float, steps: int = RSQRT_ROWS_STEPS, precise: bool = False
+) -> SharedTensor:
+    """1/sqrt(x) for x in [lo, hi] in few rounds, for per-row use (LayerNorm): relative error
+    <= rsqrt_rows_error(lo, hi) (7.8e-6 for [2^-5, 2^10]) plus one ulp of the output.
+
+    Initial guess from ``steps`` steps per octave (steps times :func:`rsqrt`'s comparisons, all in one
+    windowed msb, so the same rounds): on a step [t, t'), the public pair Y2 = 2 / (t + t') and
+    y0 = sqrt(Y2) (both on the working grid) gives e = 1 - x Y2 with |e| <= (t'/t - 1)/(t'/t + 1), 0.0690
+    for 5 steps (0.0697 with the edges on the grid).  Then 1/sqrt(x) = y0 / sqrt(1 - e)
+    = y0 (1 + e/2 + 3e^2/8 + 5e^3/16 + ...): three product rounds, h = x Y2, then [y0 e, e^2], then
+    [(y0 e) e, (y0 e) e^2], summed with the series' weights at 2s + 4 fractional bits and truncated once.
+    The remainder is at most (35/128) e^4 / (1 - e) = 6.8e-6 relative; the working precision s (up to 27
+    bits, exact truncation) adds about 2^-22 relative (y0 and sqrt(Y2) differ by half a unit of s), below
+    2^-20 in all.  Rounds in 2pc: the msb's 7, then 6 (three products, each with its truncation), against
+    :func:`rsqrt`'s 7 + 14.  Bytes grow with the comparisons (5 per octave and element): negligible for
+    one value per row, large per element, which is why :func:`rsqrt` keeps its octave guess.
+
+    With probabilistic truncation it runs at f bits (same rounds; the remainder and one ulp of x Y2 per
+    product, still far below the documented 1.6e-5 of :func:`rsqrt`).  Outside [lo, hi] the first or last
+    step's guess is used and |e| grows: no detection (as :func:`rsqrt`).
+    """
+    with x.ctx.op("rsqrt"):
+        f = x.ctx.fp.frac_bits
+        edges = fine_edges(lo, hi, steps, f)
+        y2 = 2.0 / (edges[:-1] + edges[1:])
+        largest = float(np.sqrt(y2[0]))  # y0 at the lowest step
+        # working precision: the last sum carries y0 at 2s + 4 bits, below 2^61
+        s = f
+        if exact_truncation(x.ctx):
+            s = max(f, min(27, int((RAW_BITS - 4 - np.log2(largest) - 0.01) // 2)))
+        y2_ints = np.rint(y2 * 2.0**s).astype(np.int64)
+        y0_ints = np.rint(np.sqrt(y2_ints / 2.0**s) * 2.0**s).astype(np.int64)
+        bits = octave_bits(x, edges)
+        y2_sel = reinterpret(piecewise_integer(bits, y2_ints, x), s)
+        y0 = reinterpret(piecewise_integer(bits, y0_ints, x), s)
+        e = 1 - mul_at(x, f, y2_sel, s, s)
+        u, v = split(mul_at(SharedTensor.stack([y0, e]), s, SharedTensor.stack([e, e]), s, s))
+        raw = reinterpret(SharedTensor.stack([u, u]), 0) * reinterpret(SharedTensor.stack([e, v]), 0)
+        c = [int(w * 16) for w in _ROOT_SERIES]  # 16, 8, 6, 5: the weights at 2s + 4 bits
+        total = (
+            reinterpret(y0, 0) * (c[0] << s) + reinterpret(u, 0) * (c[1] << s) + raw[0] * c[2] + raw[1] * c[3]
+        )
+        out = s if precise else f
+        return reinterpret(total.truncate(2 * s + 4 - out), out)
