@@ -20,9 +20,10 @@ Each op is the same computation as the peers' (``common.py``), with the project'
 
 * ``matmul``: X @ W, both secret, fresh operands (no weight mask opened beforehand).
 * ``softmax``: max-shifted exp and the row sum's reciprocal (``mpc_core.functions.softmax``).
-* ``gelu``: one row, variant ``erf``: the project's GELU approximates the exact erf form (a cosine series
-  of a smoothed triangle wave, ``mpc_core.functions.gelu``); it has no separate tanh form, so it is not
-  entered under ``tanh``.  Its error is against the exact erf GELU, as for every engine.
+* ``gelu``: one row, variant ``erf``: the project's GELU approximates the exact erf form (a short cosine
+  series on the middle with exact tails from one windowed comparison, ``mpc_core.functions.gelu``); it has
+  no separate tanh form, so it is not entered under ``tanh``.  Its error is against the exact erf GELU, as
+  for every engine.
 * ``layernorm``: eps 1e-5, gamma 1 and beta 0 public and so left out, as for the peers.
 * ``attention``: softmax(q k^T / 8) v on secret q, k, v.
 * ``bert_layer``: the BERT-base post-LN block of ``server.programs.ops`` with every weight secret (the

@@ -11,7 +11,8 @@ g_P = a_0 + sum_{k odd} a_k cos(2 pi k x / P), so
     GELU'(x) = 1/2 - sum_{k odd} a_k (2 pi k / P) sin(2 pi k x / P),
 
 the sine series of the derivative of the same periodic extension, evaluated with one trig round (the
-forward's 18 odd harmonics, P = 64).  Domain |x| <= GELU_DOMAIN = 28 (the forward's).  Error: the float64
+period-64 wave's 18 odd harmonics, ``functions.gelu.GELU``; the forward GELU now uses a shorter series with
+exact tails, ``functions.tailed_series``).  Domain |x| <= GELU_WAVE_DOMAIN = 28.  Error: the float64
 model with coefficients on the 2^-16 grid is within 6.3e-4 of Phi(x) + x phi(x) on [-28, 28] (the series'
 truncation: 22 harmonics would give 5e-5 on |x| <= 24 and 5.2e-4 at the domain's edge, for 22/18 of the
 cost); the protocol adds at most 2.42 ulp sum|b_k| + 1 ulp
