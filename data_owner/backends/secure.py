@@ -295,7 +295,7 @@ class SecureOracle(LossOracle):
                     mask_positions=data.mask_pos[rows].tolist() if self.head == "mlm" else None,
                 )
             )
-        # one part keeps the one-part form (servers without multi-part requests still answer it)
+        # one part: the one-part form (top-level split and lengths), as such a request always was
         layout = (
             {"split": parts[0].name, "lengths": parts[0].lengths, "mask_positions": parts[0].mask_positions}
             if len(parts) == 1
