@@ -88,7 +88,12 @@ def main(popsize: int, repeats: int, max_padding: float) -> dict:
         try:
             order = ["one part", "multi-part", "multi-part", "one part"][: 2 * repeats]
             for i, kind in enumerate(order):
-                row, losses = _request(sessions[kind], cluster, prompts)
+                try:
+                    row, losses = _request(sessions[kind], cluster, prompts)
+                except Exception as exc:  # a loaded machine can break a stream: keep the rows so far
+                    rows.append({"request": kind, "failed": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                    print(json.dumps(rows[-1]), flush=True)
+                    break
                 row = {
                     "request": kind,
                     "job_request": sum(1 for k in order[: i + 1] if k == kind),
@@ -100,7 +105,7 @@ def main(popsize: int, repeats: int, max_padding: float) -> dict:
                 print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
         finally:
             for session in sessions.values():
-                session.close()
+                session.close()  # after a failure: only where a server still answers (SecureOracle.close)
     return {
         "what": "one CMA-ES generation (first generation's candidates) as ONE request: the 32 SST-2 "
         "training rows as one part padded to the longest row, vs length-sorted parts each padded to its own",
