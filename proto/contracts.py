@@ -15,6 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: Names of uploaded tensors and of program outputs (``<split>.p<i>.x``, ``prompts``, ``anchors.x``, ...).
 TENSOR_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+#: Most parts one evaluation may name: each part is one more pass through the encoder (its rounds), and
+#: two named inputs of a job (``limits.max_inputs``, 64 by default).
+MAX_PARTS = 16
+
+
+class TuningPart(BaseModel):
+    """One part of a split evaluated inside a multi-part request: its inputs are ``<name>.x`` [n_i, T_i, H]
+    (and ``<name>.y`` [n_i, C] for losses), padded only to this part's own longest row, so that a split
+    shared in length-sorted parts wastes little on padding and still takes one request per generation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TENSOR_NAME_PATTERN.pattern)
+    #: real tokens per example of this part (right padding), as :attr:`TuningParams.lengths`.
+    lengths: list[int]
+    mask_positions: list[int] | None = None
 
 
 class TuningParams(BaseModel):
@@ -23,13 +39,23 @@ class TuningParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: the inputs' prefix (``<split>.x``, ``<split>.y``) of a one-part request; with ``parts``, the name of
+    #: the split the parts come from (informational).
     split: str = Field(pattern=TENSOR_NAME_PATTERN.pattern)
     output: Literal["losses", "logits"]
     loss: Literal["ce", "hinge"] = "ce"
     head: Literal["similarity", "mlm"]
     #: real tokens per example (right padding: example i's first ``lengths[i]`` rows are real).  Lengths,
     #: not [n, T] masks, so that the parameters of a whole test split stay under ``max_params_bytes``.
-    lengths: list[int]
+    #: Empty when ``parts`` is given (each part carries its own).
+    lengths: list[int] = Field(default_factory=list)
+    #: A multi-part request: the parts in order, their rows concatenated (part 0's first) give the rows of
+    #: ``logits`` [P, sum n_i, C], and ``losses`` is the loss over all of them (for a mean loss: the
+    #: row-weighted mean of the parts' means, exactly what one request over the whole split computes).
+    parts: list[TuningPart] | None = Field(default=None, min_length=1, max_length=MAX_PARTS)
+    #: Most sequences (candidates x examples) in one pass of the secure forward (0: a part in one pass):
+    #: the servers' memory grows with it, so a capped request runs each part in candidate groups.
+    max_sequences: int = Field(default=0, ge=0)
     #: positions (the same in every example) the similarity head leaves out of its mean pooling, e.g. the
     #: prompt's placeholder rows; they still take part in attention.
     pool_exclude: list[int] | None = None
@@ -40,6 +66,12 @@ class TuningParams(BaseModel):
     scale: float = Field(default=20.0, gt=0, le=1000)
     attention: Literal["softmax", "rfa", "favor"] = "softmax"
     features: int = Field(default=64, gt=0, le=4096)
+
+    def part_list(self) -> list[TuningPart]:
+        """The parts this request evaluates: ``parts``, or the one part the top-level fields describe."""
+        if self.parts is not None:
+            return list(self.parts)
+        return [TuningPart(name=self.split, lengths=self.lengths, mask_positions=self.mask_positions)]
 
 
 def padding_lengths(mask: np.ndarray) -> list[int]:

@@ -12,7 +12,15 @@ split, output, loss, head, example lengths (the padding mask), pooled-out positi
 label-word ids (MLM head), anchor lengths and scale (similarity head), attention mode and feature count.
 
 Output: ``losses`` [P] (one loss per candidate) or ``logits`` [P, n, C], computed by
-:func:`mpc_core.nn.candidate_losses` / :func:`~mpc_core.nn.candidate_logits` on the secure backend.
+:func:`mpc_core.nn.candidate_logits` and the loss of :mod:`mpc_core.nn.loss` on the secure backend (the
+same computation as :func:`mpc_core.nn.candidate_losses`).
+
+A multi-part request (``TuningParams.parts``) names several parts of one split, ``<part>.x`` [n_i, T_i, H]
+each padded to its own longest row: the servers run the encoder on each part in turn (one pass each, or
+candidate groups of at most ``max_sequences`` sequences), join the logits along the examples and take
+the loss once over all ``sum n_i`` rows.  The result is the one-request loss without the padding of every
+row to the split's longest (padding changes no real row's value: attention masks the padded keys), at
+one encoder's rounds per part and pass.
 
 With the similarity head the anchors are *secret* here (they come from the secret encoder): at a job's
 first batch the servers encode ``anchors.x`` with exact softmax attention, mean-pool and normalise them,
@@ -27,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from proto.contracts import TuningParams, padding_mask
+from proto.contracts import TuningParams, TuningPart, padding_mask
 from server.programs.base import PlanError, Program, Shape
 
 MAX_SEQUENCES = 1 << 16
@@ -87,45 +95,38 @@ class PromptTuning(Program):
             raise PlanError(f"the loaded model's manifest has no usable encoder config ({exc})") from None
 
     def plan(self, inputs: Mapping[str, Shape], params: TuningParams, model) -> dict[str, Shape]:
+        """Check every input and parameter (one part, or every part of a multi-part request) before any
+        share is touched: a refused request changes nothing on any server."""
         from mpc_core.nn.config import AttentionConfig
 
         cfg = self.encoder_config(model)
-        split = params.split
-        wanted = {f"{split}.x", "prompts"}
+        parts = params.part_list()
+        if params.parts is not None and (params.lengths or params.mask_positions is not None):
+            raise PlanError("a multi-part request gives lengths and mask positions per part, not at the top")
+        names = [part.name for part in parts]
+        if len(set(names)) != len(names):
+            raise PlanError(f"the parts of one request must have distinct names, got {names}")
+        wanted = {f"{name}.x" for name in names} | {"prompts"}
         if params.output == "losses":
-            wanted.add(f"{split}.y")
+            wanted |= {f"{name}.y" for name in names}
         if params.head == "similarity":
             wanted.add("anchors.x")
         if set(inputs) != wanted:
             raise PlanError(
                 f"prompt_tuning with these parameters takes inputs {sorted(wanted)}, got {sorted(inputs)}"
             )
-        x, prompts = inputs[f"{split}.x"], inputs["prompts"]
-        if len(x) != 3 or len(prompts) != 3:
-            raise PlanError(f"{split}.x must be [n, T, H] and prompts [P, L, H]; got {x} and {prompts}")
-        n, t, h = x
+        prompts = inputs["prompts"]
+        if len(prompts) != 3:
+            raise PlanError(f"prompts must be [P, L, H]; got {prompts}")
         p, length, h2 = prompts
-        if h != cfg.hidden or h2 != cfg.hidden:
-            raise PlanError(
-                f"the model's hidden size is {cfg.hidden}; got {split}.x {x} and prompts {prompts}"
-            )
-        if length + 2 > t or t > cfg.max_positions:
-            raise PlanError(
-                f"{length} prompt rows do not fit sequences of {t} tokens (max {cfg.max_positions})"
-            )
-        if p * n > MAX_SEQUENCES:
-            raise PlanError(f"{p} candidates x {n} examples exceeds {MAX_SEQUENCES} sequences per batch")
-        mask = _padding(params.lengths, (n, t), "lengths")
-        _pool_mask_without(params.pool_exclude, mask)
+        if p < 1 or h2 != cfg.hidden:
+            raise PlanError(f"prompts must be [P >= 1, L, {cfg.hidden}]; got {prompts}")
         if params.head == "mlm":
             if not cfg.has_mlm_head:
                 raise PlanError("the loaded model has no MLM head: use the similarity head")
             words = params.label_words or []
-            positions = params.mask_positions or []
             if len(words) < 2 or not all(0 <= w < cfg.vocab for w in words):
                 raise PlanError(f"the MLM head needs at least two label-word ids in [0, {cfg.vocab})")
-            if len(positions) != n or not all(0 <= q < t for q in positions):
-                raise PlanError(f"the MLM head needs {n} mask positions in [0, {t})")
             classes = len(words)
         else:
             anchors = inputs["anchors.x"]
@@ -135,17 +136,50 @@ class PromptTuning(Program):
             if classes < 2:
                 raise PlanError("the similarity head needs at least two anchors")
             _padding(params.anchor_lengths, (anchors[0], anchors[1]), "anchor_lengths")
-        if params.output == "losses" and tuple(inputs[f"{split}.y"]) != (n, classes):
-            raise PlanError(f"{split}.y must be one-hot [{n}, {classes}], got {inputs[f'{split}.y']}")
+        rows = 0
+        for part in parts:
+            rows += self._plan_part(cfg, inputs, params, part, length, classes)
+        if p * rows > MAX_SEQUENCES:
+            raise PlanError(f"{p} candidates x {rows} examples exceeds {MAX_SEQUENCES} sequences per batch")
         try:
             AttentionConfig(mode=params.attention, features=params.features)
         except ValueError as exc:
             raise PlanError(f"invalid attention settings: {exc}") from None
-        return {"losses": (p,)} if params.output == "losses" else {"logits": (p, n, classes)}
+        return {"losses": (p,)} if params.output == "losses" else {"logits": (p, rows, classes)}
+
+    @staticmethod
+    def _plan_part(cfg, inputs, params: TuningParams, part: TuningPart, length: int, classes: int) -> int:
+        """Check one part's examples, padding, mask positions and labels; returns its row count."""
+        name = part.name
+        what = name if params.parts is None else f"part {name!r}:"
+        x = inputs[f"{name}.x"]
+        if len(x) != 3:
+            raise PlanError(f"{name}.x must be [n, T, H]; got {x}")
+        n, t, h = x
+        if n < 1:
+            raise PlanError(f"{what} {name}.x holds no examples (an empty part)")
+        if h != cfg.hidden:
+            raise PlanError(f"the model's hidden size is {cfg.hidden}; got {name}.x {x}")
+        if length + 2 > t or t > cfg.max_positions:
+            raise PlanError(
+                f"{what} {length} prompt rows do not fit sequences of {t} tokens (max {cfg.max_positions})"
+            )
+        mask = _padding(part.lengths, (n, t), "lengths" if params.parts is None else f"{what} lengths")
+        _pool_mask_without(params.pool_exclude, mask)
+        if params.head == "mlm":
+            positions = part.mask_positions or []
+            if len(positions) != n or not all(0 <= q < t for q in positions):
+                raise PlanError(f"the MLM head needs {n} mask positions in [0, {t})")
+        if params.output == "losses" and tuple(inputs[f"{name}.y"]) != (n, classes):
+            raise PlanError(f"{name}.y must be one-hot [{n}, {classes}], got {inputs[f'{name}.y']}")
+        return n
 
     def run(self, ctx, inputs, params: TuningParams, model, state):
-        from mpc_core.nn import MLMHead, SecureBackend, candidate_logits, candidate_losses
+        """The candidates' logits part by part (each in passes of at most ``max_sequences`` sequences),
+        joined along the examples; the loss, when asked for, once over all of them."""
+        from mpc_core.nn import MLMHead, SecureBackend, candidate_logits
         from mpc_core.nn.adapted import attention_for, manifest_record
+        from mpc_core.nn.loss import loss_fn
 
         cfg = state.get("config")
         if cfg is None:
@@ -154,24 +188,37 @@ class PromptTuning(Program):
         if backend is None:
             backend = state["backend"] = SecureBackend(ctx, model)
         attn = attention_for(params.attention, params.features, manifest_record(model.loaded.manifest))
-        examples, prompts = inputs[f"{params.split}.x"], inputs["prompts"]
-        mask = padding_mask(params.lengths, examples.shape[1])
-        positions = (
-            None if params.mask_positions is None else np.asarray(params.mask_positions, dtype=np.int64)
-        )
-        pool = _pool_mask_without(params.pool_exclude, mask)
+        prompts = inputs["prompts"]
         if params.head == "mlm":
             head = MLMHead(label_word_ids=tuple(params.label_words))
         else:
             head = self._anchor_head(ctx, backend, cfg, inputs["anchors.x"], params, state)
+        parts = params.part_list()
+        candidates = prompts.shape[0]
+        logits = []
+        for part in parts:
+            examples = inputs[f"{part.name}.x"]
+            mask = padding_mask(part.lengths, examples.shape[1])
+            positions = (
+                None if part.mask_positions is None else np.asarray(part.mask_positions, dtype=np.int64)
+            )
+            pool = _pool_mask_without(params.pool_exclude, mask)
+            group = candidates
+            if params.max_sequences:
+                group = max(1, params.max_sequences // examples.shape[0])
+            pieces = [
+                candidate_logits(
+                    backend, cfg, attn, head, examples, prompts[g : g + group], mask, positions, pool
+                )
+                for g in range(0, candidates, group)
+            ]
+            logits.append(pieces[0] if len(pieces) == 1 else backend.concatenate(pieces, axis=0))
+        joined = logits[0] if len(logits) == 1 else backend.concatenate(logits, axis=1)
         if params.output == "logits":
-            logits = candidate_logits(backend, cfg, attn, head, examples, prompts, mask, positions, pool)
-            return {"logits": logits}
-        onehot = inputs[f"{params.split}.y"]
-        losses = candidate_losses(
-            backend, cfg, attn, head, examples, prompts, onehot, mask, positions, params.loss, pool_mask=pool
-        )
-        return {"losses": losses}
+            return {"logits": joined}
+        labels = [inputs[f"{part.name}.y"] for part in parts]
+        onehot = labels[0] if len(labels) == 1 else backend.concatenate(labels, axis=0)
+        return {"losses": loss_fn(params.loss)(backend, joined, onehot)}
 
     @staticmethod
     def _anchor_head(ctx, backend, cfg, anchors_x, params: TuningParams, state) -> SecretAnchorHead:
