@@ -27,23 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-import data_owner.backends.secure as secure
 from bench.cluster_bench import ROOT, _prompts, _session, minilm_cluster
 from bench.grpc_ops_bench import cluster_cpu_seconds
+from data_owner.config import DEFAULT_MAX_PADDING
 
 TUNING = {"prompt_length": 5, "intrinsic_dim": 50, "attention": "softmax"}
 RESULT = ROOT / "bench" / "results" / "multipart_generation.json"
 
 
 def _open(path: Path, popsize: int, max_padding: float):
-    """A secure session whose training split is shared under ``max_padding`` (the module default is what
-    the oracle reads when RunConfig has no ``max_padding`` field)."""
-    saved = secure.DEFAULT_MAX_PADDING
-    secure.DEFAULT_MAX_PADDING = max_padding
-    try:
-        return _session("sst2", "secure", "2pc", path, popsize=popsize, **TUNING)
-    finally:
-        secure.DEFAULT_MAX_PADDING = saved
+    """A secure session whose training split is shared under ``max_padding`` (the run's own setting)."""
+    return _session("sst2", "secure", "2pc", path, popsize=popsize, max_padding=max_padding, **TUNING)
 
 
 def _request(session, cluster, prompts: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -131,7 +125,7 @@ if __name__ == "__main__":  # pragma: no cover - manual runs
     parser = argparse.ArgumentParser()
     parser.add_argument("--popsize", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--max-padding", type=float, default=secure.DEFAULT_MAX_PADDING)
+    parser.add_argument("--max-padding", type=float, default=DEFAULT_MAX_PADDING)
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     result = main(args.popsize, args.repeats, args.max_padding)

@@ -191,6 +191,7 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
     "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
 )
 @recipe_option("max_sequences", "--max-sequences", type=int)
+@recipe_option("max_padding", "--max-padding", type=float)
 @recipe_option("head", "--head", type=click.Choice(["auto", "similarity", "mlm"]))
 @recipe_option("prompt_length", "--prompt-length", "-L", type=int)
 @recipe_option("intrinsic_dim", "--intrinsic-dim", "-d", type=int)

@@ -23,6 +23,7 @@ import pytest
 from helpers_models import make_tiny_model
 
 from data_owner.backends.secure import SecureOracle, plan_parts
+from data_owner.config import DEFAULT_MAX_PADDING
 from model_owner.share import share_model
 from mpc_core.nn import (
     AttentionConfig,
@@ -290,7 +291,11 @@ def test_oracle_sends_one_request_and_restores_the_row_order(weights, max_sequen
     x, y, prompts, _ = _data(cfg, "mlm")
     cluster = PlaintextCluster(weights, cfg)
     config = SimpleNamespace(
-        max_sequences=max_sequences, similarity_scale=20.0, attention="softmax", features=64
+        max_sequences=max_sequences,
+        max_padding=DEFAULT_MAX_PADDING,
+        similarity_scale=20.0,
+        attention="softmax",
+        features=64,
     )
     oracle = SecureOracle(cluster, FP, 2, "mlm", config, None, [7, 9])
     positions = np.asarray(LENGTHS) - 2

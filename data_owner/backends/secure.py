@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from data_owner.config import DEFAULT_MAX_PADDING
 from data_owner.encode import EncodedSplit, PublicModel
 from data_owner.errors import ClusterUnavailableError, DataOwnerError
 from data_owner.oracle import LossOracle, check_prompts
@@ -54,10 +55,6 @@ if TYPE_CHECKING:
 TUNING_PROGRAM = "prompt_tuning"
 CLOSE_AFTER_FAILURE_S = 1.0
 RELEASE_TIMEOUT_S = 5.0
-#: Padded tokens per real token a split's parts may reach (RunConfig ``max_padding`` when it has one).
-#: Each part adds one encoder's rounds to a generation: on SST-2's 32 training rows (8-45 tokens) 1.15 takes
-#: four parts where one part costs 2.45x.
-DEFAULT_MAX_PADDING = 1.15
 #: Most parts of one split: each is one more pass (rounds) and two of a job's ``limits.max_inputs`` (64).
 MAX_PARTS = 8
 
@@ -197,7 +194,7 @@ class SecureOracle(LossOracle):
         """Share the split once, in length-sorted parts each cut to its own longest row (:func:`plan_parts`
         under ``max_padding``, at most ``max_sequences`` rows a part)."""
         real = split.attention_mask.sum(1)
-        max_padding = float(getattr(self.config, "max_padding", DEFAULT_MAX_PADDING))
+        max_padding = float(self.config.max_padding)
         parts = plan_parts(real, max_padding, self.config.max_sequences)
         padded = 0
         for i, rows in enumerate(parts):
