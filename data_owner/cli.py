@@ -190,7 +190,9 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
     "--insecure", is_flag=True, default=None, help="secure backend: no TLS (local development only)"
 )
 @recipe_option("max_sequences", "--max-sequences", type=int)
-@recipe_option("head", "--head", type=click.Choice(["auto", "similarity", "mlm"]))
+@recipe_option("head", "--head", type=click.Choice(["auto", "similarity", "mlm", "next-token"]))
+@recipe_option("placement", "--placement", type=click.Choice(["prefix", "suffix"]))
+@recipe_option("cache_limit_mb", "--cache-limit-mb", type=float)
 @recipe_option("prompt_length", "--prompt-length", "-L", type=int)
 @recipe_option("intrinsic_dim", "--intrinsic-dim", "-d", type=int)
 @recipe_option("popsize", "--popsize", type=int)
