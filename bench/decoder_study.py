@@ -117,12 +117,22 @@ def content_free_logits(session: Session) -> np.ndarray:
     return np.asarray(oracle.head.logits(oracle.B, oracle.cfg, hidden, np.array([ids.shape[1] - 1])))[0]
 
 
+def wait_finished(folder: Path, poll_s: float = 20.0) -> Path:
+    """Block until the run in ``folder`` (tuned by another process) has finished."""
+    while not (
+        RunFolder(folder).is_complete_run and load_checkpoint(RunFolder(folder).file(CHECKPOINT))["finished"]
+    ):
+        time.sleep(poll_s)
+    return folder
+
+
 def final_scores(
-    model_dir: Path, task: str, placements: dict[str, list[dict[str, Any]]], no_prompt: bool = True
+    model_dir: Path, task: str, placements: dict[str, list[Path]], no_prompt: bool = True
 ) -> dict[str, Any]:
-    """Test (and dev) scores, computed ONCE after every run is finished: the model's own zero-shot (raw and
-    calibrated), the zero prompt (z = 0) and each seed's kept prompt, per placement.  The examples are
-    prefilled once for all prompts of the suffix placement."""
+    """Test (and dev) scores, computed ONCE, after the runs: the model's own zero-shot (raw and calibrated),
+    the zero prompt (z = 0) and each seed's kept prompt, per placement.  The examples are prefilled once for
+    all prompts of the suffix placement; what needs no tuned prompt is computed while the runs still tune
+    (other processes), each kept prompt once its run has finished."""
     spec = load_task(task)
     out: dict[str, Any] = {}
     sessions: dict[str, Session] = {}
@@ -131,32 +141,35 @@ def final_scores(
             sessions["suffix"] = open_session(
                 run_config(model_dir, task, "suffix", 0, 20), splits=("dev", "test"), std_ref=1.0
             )
-        free = content_free_logits(sessions["suffix"]) if no_prompt else None
-        for split in ("dev", "test") if no_prompt else ():
-            assert free is not None
-            data = sessions["suffix"].splits[split]
-            logits = no_prompt_logits(sessions["suffix"], split)
-            out[f"no_prompt_{split}"] = {
-                "raw": percent(score(spec.metric, logits, data.labels)),
-                "calibrated": percent(score(spec.metric, logits - free, data.labels)),
-                "examples": len(data),
-            }
-        for placement, runs in placements.items():
+        if no_prompt:
+            free = content_free_logits(sessions["suffix"])
+            for split in ("dev", "test"):
+                data = sessions["suffix"].splits[split]
+                logits = no_prompt_logits(sessions["suffix"], split)
+                out[f"no_prompt_{split}"] = {
+                    "raw": percent(score(spec.metric, logits, data.labels)),
+                    "calibrated": percent(score(spec.metric, logits - free, data.labels)),
+                    "examples": len(data),
+                }
+        for placement, folders in placements.items():
             if placement not in sessions:
                 sessions[placement] = open_session(
                     run_config(model_dir, task, placement, 0, 20), splits=("test",), std_ref=1.0
                 )
             session = sessions[placement]
-            prompts = [kept_prompt(Path(r["run"])) for r in runs]
-            stack = np.stack([np.zeros_like(prompts[0]), *prompts])
-            t0 = time.perf_counter()
-            logits = session.oracle.logits(stack, "test")
             labels = session.splits["test"].labels
-            scores = [percent(score(spec.metric, lg, labels)) for lg in logits]
+            shape = (1, session.projection.L, session.projection.H)
+            t0 = time.perf_counter()
+            z0 = session.oracle.logits(np.zeros(shape), "test")[0]
+            seconds = time.perf_counter() - t0
+            prompts = np.stack([kept_prompt(wait_finished(f)) for f in folders])
+            t0 = time.perf_counter()
+            tuned = session.oracle.logits(prompts, "test")
+            seconds += time.perf_counter() - t0
             out[placement] = {
-                "test_z0": scores[0],
-                "test_tuned": dict(zip([r["seed"] for r in runs], scores[1:], strict=True)),
-                "test_eval_wall_s": round(time.perf_counter() - t0, 1),
+                "test_z0": percent(score(spec.metric, z0, labels)),
+                "test_tuned": [percent(score(spec.metric, lg, labels)) for lg in tuned],
+                "test_eval_wall_s": round(seconds, 1),
             }
     finally:
         for session in sessions.values():
@@ -181,6 +194,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path(".cache/decoder_study"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/decoder_accuracy.json"))
     parser.add_argument("--final", action="store_true", help="after the runs, score test once")
+    parser.add_argument(
+        "--final-only", action="store_true", help="tune nothing: wait for the runs (other processes), score"
+    )
     parser.add_argument("--no-zero-shot", action="store_true", help="with --final: skip the no-prompt scores")
     args = parser.parse_args()
     model_dir = args.model.resolve()
@@ -217,7 +233,7 @@ def main() -> None:
         entry = tasks.setdefault(task, {})
         for placement in args.placements:
             pl = entry.setdefault(placement, {"budget": args.budget, "runs": []})
-            for seed in args.seeds:
+            for seed in [] if args.final_only else args.seeds:
                 if any(r["seed"] == seed for r in pl["runs"]):
                     continue
                 pl["budget"] = args.budget
@@ -227,16 +243,18 @@ def main() -> None:
                     pl[key] = mean_sd([r[key] for r in pl["runs"]])
                 save()
                 print(json.dumps(pl["runs"][-1]), flush=True)
-        if args.final:
-            placements = {p: entry[p]["runs"] for p in args.placements if entry.get(p, {}).get("runs")}
-            final = final_scores(model_dir, task, placements, not args.no_zero_shot)
-            for placement in placements:
-                tuned = final[placement]["test_tuned"]
-                for r in entry[placement]["runs"]:
-                    r["test_tuned"] = tuned[r["seed"]]
-                entry[placement]["test_tuned"] = mean_sd(list(tuned.values()))
-                entry[placement]["test_z0"] = final[placement]["test_z0"]
-                entry[placement]["test_eval_wall_s"] = final[placement]["test_eval_wall_s"]
+        if args.final or args.final_only:
+            folders = {p: [args.runs / f"{task}_{p}_{seed}" for seed in args.seeds] for p in args.placements}
+            final = final_scores(model_dir, task, folders, not args.no_zero_shot)
+            for placement in args.placements:
+                pl = entry.setdefault(placement, {"budget": args.budget, "runs": []})
+                pl["runs"] = [tune(model_dir, task, placement, s, args.budget, args.runs) for s in args.seeds]
+                for r, score_ in zip(pl["runs"], final[placement]["test_tuned"], strict=True):
+                    r["test_tuned"] = score_
+                for key in ("best_dev", "zero_shot_dev_z0", "tuning_wall_s", "test_tuned"):
+                    pl[key] = mean_sd([r[key] for r in pl["runs"]])
+                pl["test_z0"] = final[placement]["test_z0"]
+                pl["test_eval_wall_s"] = final[placement]["test_eval_wall_s"]
             for key in ("no_prompt_dev", "no_prompt_test"):
                 if key in final:
                     entry[key] = final[key]
