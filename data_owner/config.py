@@ -43,8 +43,20 @@ class RunConfig(BaseModel):
         description="secure backend: padded tokens per real token a split's length-sorted parts may reach "
         "(inf: one part; each part adds one encoder pass's rounds)",
     )
-    head: Literal["auto", "similarity", "mlm"] = Field(
-        default="auto", description="output head; auto: MLM verbalizer if the model has one, else similarity"
+    head: Literal["auto", "similarity", "mlm", "next-token"] = Field(
+        default="auto",
+        description="output head; auto: a decoder's next-token verbalizer logits, else the MLM verbalizer if "
+        "the model has one, else similarity",
+    )
+    placement: Literal["prefix", "suffix"] = Field(
+        default="prefix",
+        description="where a decoder's prompt goes: prefix (after the first token, as BBT) or suffix (after "
+        "the example text, before the answer template: the examples run once per run); encoders: prefix",
+    )
+    cache_limit_mb: float = Field(
+        default=4096.0,
+        gt=0,
+        description="suffix placement: most MiB for the examples' kept keys and values (all splits together)",
     )
     similarity_scale: float = Field(
         default=20.0, gt=0, description="similarity head: cosine scores times this before the loss"

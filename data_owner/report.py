@@ -82,7 +82,8 @@ def summary(folder: RunFolder) -> dict[str, Any]:
                 "scale_ref",
                 "eval_every",
             )
-        },
+        }
+        | ({"placement": cfg.get("placement", "prefix")} if record["head"] == "next-token" else {}),
         "eval": evals,
     }
 

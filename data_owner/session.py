@@ -15,6 +15,7 @@ import numpy as np
 
 from data_owner.config import RunConfig
 from data_owner.data import Example, find_split, k_shot, load_split
+from data_owner.decoder import DecoderEncoder, DecoderModel, DecoderSplit, is_decoder_folder
 from data_owner.encode import EncodedSplit, Encoder, PublicModel, encode_plain_texts, verbalizer_ids
 from data_owner.errors import DataOwnerError
 from data_owner.oracle import LossOracle
@@ -30,8 +31,8 @@ class Session:
     task: TaskSpec
     head: Head
     loss: str
-    encoder: Encoder
-    splits: dict[str, EncodedSplit]
+    encoder: Encoder | DecoderEncoder
+    splits: dict[str, EncodedSplit] | dict[str, DecoderSplit]
     oracle: LossOracle
     projection: Projection
     std_ref: float
@@ -94,6 +95,14 @@ def open_session(
         examples[split], hashes[split], paths[split] = load_examples(
             config, task, split, (files or {}).get(split)
         )
+    if is_decoder_folder(config.model):
+        return open_decoder_session(config, task, loss, examples, hashes, paths, oracle, std_ref)
+    if config.head == "next-token":
+        raise DataOwnerError(f"{config.model} is not a decoder checkpoint; --head next-token needs one")
+    if config.placement != "prefix":
+        raise DataOwnerError(
+            f"--placement {config.placement} is for decoder checkpoints; an encoder's prompt is a prefix"
+        )
 
     model = PublicModel.load(Path(config.model), need_weights=config.backend == "plain")
     has_mlm = model.cfg.has_mlm_head
@@ -114,7 +123,7 @@ def open_session(
     encoded = {s: encoder.encode(ex) for s, ex in examples.items()}
 
     if std_ref is None:
-        std_ref = reference_std(config, embedding, encoded.get("train"))
+        std_ref = reference_std(config, embedding.word, encoded.get("train"))
     std = Projection.entry_std(config.alpha, std_ref, config.intrinsic_dim, config.sigma0)
     projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed)
 
@@ -129,14 +138,74 @@ def open_session(
     return Session(config, task, head, loss, encoder, encoded, oracle, projection, std_ref, hashes, paths)
 
 
-def reference_std(config: RunConfig, embedding, train: EncodedSplit | None) -> float:
-    """The std the projection scale follows (BBT): the word embeddings, or the embedding-layer output over
-    the real tokens of the TRAIN split.  Computed once when a run starts and stored in its folder."""
+def reference_std(config: RunConfig, word: np.ndarray, train: EncodedSplit | DecoderSplit | None) -> float:
+    """The std the projection scale follows (BBT): the word embeddings [V, H], or the embedding-layer output
+    over the real tokens of the TRAIN split (a decoder's: its token embeddings).  Computed once when a run
+    starts and stored in its folder."""
     if config.scale_ref == "word":
-        return float(np.std(embedding.word))
+        return float(np.std(word))
     if train is None:
         raise DataOwnerError("the projection scale (scale_ref output) is measured on the train split only")
     return float(np.std(train.embeds[train.attention_mask.astype(bool)]))
+
+
+def open_decoder_session(
+    config: RunConfig,
+    task: TaskSpec,
+    loss: str,
+    examples: dict[str, list[Example]],
+    hashes: dict[str, str],
+    paths: dict[str, Path],
+    oracle: LossOracle | None,
+    std_ref: float | None,
+) -> Session:
+    """:func:`open_session` for a causal decoder: the next-token head and the task's decoder template.
+
+    Every check (backend, head, attention, the template, single-token verbalizer words, the context length,
+    the suffix cache's size) runs on the public config and the token ids, before the weights are read or
+    anything is uploaded.
+    """
+    from data_owner.decoder import check_cache, check_context
+
+    if config.backend != "plain":
+        raise DataOwnerError(
+            f"{config.model} is a decoder; decoders run on --backend plain only for now (NOT PRIVATE)"
+        )
+    if config.head not in ("auto", "next-token"):
+        raise DataOwnerError(f"{config.model} is a decoder: its head is next-token, not {config.head}")
+    if config.attention != "softmax":
+        raise DataOwnerError(f"decoders run softmax attention only, not {config.attention}")
+    model = DecoderModel.open(Path(config.model))
+    encoder = DecoderEncoder(model.tokenizer, task, config.prompt_length, config.max_length)
+    tokens = {split: encoder.tokenize(ex) for split, ex in examples.items()}
+    tail = len(encoder.tail_ids)
+    for split, seqs in tokens.items():
+        check_context(model.cfg, config.prompt_length, max(len(s) for s in seqs), tail, f"{split}")
+    if config.placement == "suffix":
+        check_cache(
+            model.cfg,
+            {split: (len(seqs), max(len(s) for s in seqs)) for split, seqs in tokens.items()},
+            config.cache_limit_mb,
+        )
+    word = model.load_weights()["emb.word"]
+    encoded = {split: encoder.embed(examples[split], tokens[split], word) for split in tokens}
+    if std_ref is None:
+        std_ref = reference_std(config, word, encoded.get("train"))
+    std = Projection.entry_std(config.alpha, std_ref, config.intrinsic_dim, config.sigma0)
+    projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed)
+    if oracle is None:
+        from data_owner.backends.plain_decoder import PlainDecoderOracle
+
+        oracle = PlainDecoderOracle(model, encoder.word_ids, config.placement)
+    try:
+        for split, data in encoded.items():
+            oracle.upload(split, data, loss if split == "train" else None)  # type: ignore[arg-type]
+    except BaseException:
+        oracle.close()
+        raise
+    return Session(
+        config, task, "next-token", loss, encoder, encoded, oracle, projection, std_ref, hashes, paths
+    )
 
 
 def build_oracle(config: RunConfig, task: TaskSpec, head: Head, model: PublicModel) -> LossOracle:

@@ -9,6 +9,10 @@ A task says how an example becomes model input and how the model's output become
 - ``similarity_template`` and ``descriptions``: for sentence encoders without an MLM head (the bundled
   all-MiniLM-L6-v2), the similarity head scores the mean-pooled sentence against one anchor sentence per
   label ("It was terrible." / "It was great.").
+- ``decoder``: for causal decoders (LLaMA family), a :class:`DecoderTemplate`: a template that ends in the
+  answer slot ``<answer>`` (the next token there decides the label) and one verbalizer word per label, written
+  as it follows the template (usually with its leading space, " positive"); each must be ONE token of the
+  model's tokenizer, which is checked when a run starts (the tokenizer is the model's, not the task's).
 
 Built-in tasks live as YAML files in ``data_owner/tasks/``; a user-defined task is the same YAML/JSON
 format in a file of the user's choosing.  This module only parses and validates; it does no I/O on data.
@@ -29,10 +33,50 @@ from data_owner.errors import DataOwnerError
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PROMPT_MARK = "<P>"
 MASK_MARK = "<mask>"
+ANSWER_MARK = "<answer>"
 SLOT_RE = re.compile(r"\{(\w+)\}")
 SLOTS = {"single": ("text",), "pair": ("text_a", "text_b")}
 
-Head = Literal["similarity", "mlm"]
+Head = Literal["similarity", "mlm", "next-token"]
+
+
+class DecoderTemplate(BaseModel):
+    """A causal decoder's template and verbalizer for one task.
+
+    The model reads the filled template up to ``<answer>`` and its next-token logits of ``words`` are the
+    class scores, so the answer slot must be the template's very end: anything after it would be read
+    before the answer is decided.  The text after the last text slot is the *answer template*: with suffix
+    placement the prompt goes between the example text and it (``split``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: str
+    words: list[str] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> DecoderTemplate:
+        if self.template.count(ANSWER_MARK) != 1 or not self.template.endswith(ANSWER_MARK):
+            raise ValueError(
+                f"decoder template {self.template!r} must end with the answer slot {ANSWER_MARK} "
+                "(exactly one, nothing after it)"
+            )
+        for mark in (MASK_MARK, PROMPT_MARK):
+            if mark in self.template:
+                raise ValueError(
+                    f"decoder template {self.template!r} may not contain {mark}: the prompt's place is "
+                    "chosen by --placement and the answer slot is " + ANSWER_MARK
+                )
+        if len(set(self.words)) != len(self.words) or any(not w.strip() for w in self.words):
+            raise ValueError(f"decoder words must be distinct and non-empty, got {self.words}")
+        return self
+
+    def split(self) -> tuple[str, str]:
+        """(example part, answer template): the template cut right after its last text slot, the answer
+        slot dropped.  ``"Review: {text}\nSentiment:<answer>"`` -> ``("Review: {text}", "\nSentiment:")``."""
+        body = self.template.removesuffix(ANSWER_MARK)
+        last = list(SLOT_RE.finditer(body))[-1]
+        return body[: last.end()], body[last.end() :]
 
 
 class TaskSpec(BaseModel):
@@ -50,6 +94,7 @@ class TaskSpec(BaseModel):
     descriptions: list[str] | None = None
     metric: Literal["accuracy", "f1"] = "accuracy"
     loss: Literal["ce", "hinge"] = "ce"
+    decoder: DecoderTemplate | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -70,6 +115,17 @@ class TaskSpec(BaseModel):
         check_template(self.template, self.kind, need_mask=True, what="template")
         if self.similarity_template is not None:
             check_template(self.similarity_template, self.kind, need_mask=False, what="similarity_template")
+        if self.decoder is not None:
+            check_template(
+                self.decoder.template.removesuffix(ANSWER_MARK),
+                self.kind,
+                need_mask=False,
+                what="decoder template",
+            )
+            if len(self.decoder.words) != n:
+                raise ValueError(
+                    f"decoder.words has {len(self.decoder.words)} entries but the task has {n} labels"
+                )
         return self
 
     @property
@@ -84,6 +140,13 @@ class TaskSpec(BaseModel):
         """The template the given head reads (the similarity head falls back to the bare text slots)."""
         if head == "mlm":
             return self.template
+        if head == "next-token":
+            if self.decoder is None:
+                raise DataOwnerError(
+                    f"task {self.name!r} has no decoder section (decoder: template, words); a decoder "
+                    "checkpoint needs one"
+                )
+            return self.decoder.template
         if self.similarity_template is not None:
             return self.similarity_template
         return " ? ".join("{" + s + "}" for s in self.slots)
