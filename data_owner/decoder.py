@@ -126,16 +126,28 @@ class DecoderModel:
     def hidden(self) -> int:
         return self.cfg.hidden
 
+    #: a secret-shared folder (``secp-share-model`` output): only its public part is read here
+    shared: bool = False
+
     @classmethod
     def open(cls, folder: Path) -> DecoderModel:
+        """A plaintext Hugging Face folder, or a shared-model folder (its manifest's config and its public
+        tokenizer and token embedding; the weights stay on the servers)."""
         from data_owner.encode import load_tokenizer
 
         folder = Path(folder)
         if (folder / "manifest.json").is_file():
-            raise DataOwnerError(
-                f"{folder} is a secret-shared decoder; decoders run on --backend plain only for now "
-                "(a plaintext checkpoint folder, NOT PRIVATE)"
-            )
+            from contract.manifest import ShareManifest
+
+            try:
+                manifest = ShareManifest.read(folder)
+            except (OSError, ValueError) as exc:
+                raise DataOwnerError(f"cannot read the shared model in {folder}: {exc}") from exc
+            if not isinstance(manifest.config, DecoderConfig):
+                raise DataOwnerError(
+                    f"{folder} is not a shared decoder (architecture {manifest.config.arch})"
+                )
+            return cls(folder, manifest.config, load_tokenizer(folder / manifest.public.folder), shared=True)
         try:
             cfg = DecoderConfig.from_hf(read_hf_config(folder))
         except (CheckpointError, UnsupportedModelError, ValueError) as exc:
@@ -145,12 +157,31 @@ class DecoderModel:
     def load_weights(self) -> dict[str, np.ndarray]:
         from mpc_core.nn.llama_weights import load_llama_checkpoint
 
+        if self.shared:
+            raise DataOwnerError(
+                f"{self.folder} is a secret-shared model; the plain backend needs a plaintext checkpoint"
+            )
         if self.weights is None:
             try:
                 _, self.weights = load_llama_checkpoint(self.folder)
             except (CheckpointError, UnsupportedModelError, FileNotFoundError, ValueError) as exc:
                 raise DataOwnerError(f"cannot load the model in {self.folder}: {exc}") from exc
         return self.weights
+
+    def token_embedding(self) -> np.ndarray:
+        """The public token embedding [V, H]: the data owner embeds its own tokens with it (and, for a tied
+        output embedding, takes the verbalizer rows from it)."""
+        if not self.shared:
+            return self.load_weights()["emb.word"]
+        from safetensors.numpy import load_file
+
+        from contract.manifest import ShareManifest
+
+        public = ShareManifest.read(self.folder).public
+        try:
+            return np.asarray(load_file(str(self.folder / public.folder / public.embeddings))["emb.word"])
+        except (OSError, KeyError) as exc:
+            raise DataOwnerError(f"{self.folder} has no public token embedding: {exc}") from exc
 
 
 class DecoderEncoder:

@@ -167,10 +167,6 @@ def open_decoder_session(
     """
     from data_owner.decoder import check_cache, check_context
 
-    if config.backend != "plain":
-        raise DataOwnerError(
-            f"{config.model} is a decoder; decoders run on --backend plain only for now (NOT PRIVATE)"
-        )
     if config.head not in ("auto", "next-token"):
         raise DataOwnerError(f"{config.model} is a decoder: its head is next-token, not {config.head}")
     if config.attention != "softmax":
@@ -187,13 +183,19 @@ def open_decoder_session(
             {split: (len(seqs), max(len(s) for s in seqs)) for split, seqs in tokens.items()},
             config.cache_limit_mb,
         )
-    word = model.load_weights()["emb.word"]
+    if config.backend == "plain":
+        model.load_weights()  # a shared folder is refused here: the plain backend needs the weights
+    word = model.token_embedding()
     encoded = {split: encoder.embed(examples[split], tokens[split], word) for split in tokens}
     if std_ref is None:
         std_ref = reference_std(config, word, encoded.get("train"))
     std = Projection.entry_std(config.alpha, std_ref, config.intrinsic_dim, config.sigma0)
     projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed)
-    if oracle is None:
+    if oracle is None and config.backend == "secure":
+        from data_owner.backends.secure_decoder import SecureDecoderOracle
+
+        oracle = SecureDecoderOracle.connect(config, model, encoder.word_ids)
+    elif oracle is None:
         from data_owner.backends.plain_decoder import PlainDecoderOracle
 
         oracle = PlainDecoderOracle(model, encoder.word_ids, config.placement)

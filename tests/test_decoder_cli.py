@@ -171,15 +171,6 @@ def test_decoder_only_options_are_refused_for_an_encoder(tmp_path) -> None:
     _refused(invoke(args), out, "not a decoder checkpoint")
 
 
-def test_a_decoder_on_the_secure_backend_is_refused(tiny, tmp_path, no_weights) -> None:
-    model, data, task = tiny
-    out = tmp_path / "run"
-    args = [a for a in run_args(model, data, task, out) if a != "plain"]
-    args[args.index("--backend")] = "--cluster"
-    args.insert(args.index("--cluster") + 1, str(tmp_path / "cluster.yaml"))
-    _refused(invoke([*args, "--backend", "secure"]), out, "decoders run on --backend plain only")
-
-
 def test_run_folder_records_the_decoder_and_resumes(tiny, tmp_path: Path) -> None:
     model, data, task = tiny
     out = tmp_path / "run"

@@ -115,6 +115,42 @@ def plan_parts(
     return [order[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+def open_tuning_job(config: RunConfig, program: str):
+    """Reach every server named in the cluster file ``config.cluster`` and open a job of ``program`` on
+    the shared model they serve; returns (job, fixed point, number of compute parties).  Every failure is a
+    clear data-owner error (no cluster file, a server down, a program the servers do not run)."""
+    from data_owner.client import ClusterClient, ClusterError
+    from mpc_core.ring import FixedPoint
+
+    path = Path(config.cluster or "")
+    if not path.is_file():
+        raise DataOwnerError(f"cluster file not found: {path}")
+    try:
+        # the cluster file sets the deadline of every call (limits.call_deadline_s): a secure forward
+        # of a real model takes minutes, far longer than a status call
+        client = ClusterClient.from_file(path, insecure=config.insecure)
+    except (OSError, ValueError) as exc:
+        raise DataOwnerError(f"cannot use the cluster file {path}: {exc}") from exc
+    try:
+        info = client.server_info()
+    except ClusterError as exc:
+        client.close()
+        raise ClusterUnavailableError(f"the cluster in {path} is not available: {exc}") from exc
+    programs = set.intersection(*(set(r.programs) for r in info.values()))
+    if program not in programs:
+        client.close()
+        raise ClusterUnavailableError(
+            f"the cluster in {path} does not run the {program!r} program (it runs {sorted(programs)})"
+        )
+    digests = {r.model_digest for r in info.values() if r.role == "party"}
+    try:
+        job = client.open_job(program, model_digest=digests.pop() if len(digests) == 1 else "")
+    except ClusterError as exc:
+        client.close()
+        raise ClusterUnavailableError(f"the cluster refused the tuning job: {exc}") from exc
+    return job, FixedPoint(client.config.frac_bits), len(client.compute_parties)
+
+
 class SecureOracle(LossOracle):
     private = True
 
@@ -156,38 +192,8 @@ class SecureOracle(LossOracle):
         word_ids: list[int] | None,
     ) -> SecureOracle:
         """Reach every server named in the cluster file ``config.cluster`` and open a tuning job."""
-        from data_owner.client import ClusterClient, ClusterError
-        from mpc_core.ring import FixedPoint
-
-        path = Path(config.cluster or "")
-        if not path.is_file():
-            raise DataOwnerError(f"cluster file not found: {path}")
-        try:
-            # the cluster file sets the deadline of every call (limits.call_deadline_s): a secure forward
-            # of a real model takes minutes, far longer than a status call
-            client = ClusterClient.from_file(path, insecure=config.insecure)
-        except (OSError, ValueError) as exc:
-            raise DataOwnerError(f"cannot use the cluster file {path}: {exc}") from exc
-        try:
-            info = client.server_info()
-        except ClusterError as exc:
-            client.close()
-            raise ClusterUnavailableError(f"the cluster in {path} is not available: {exc}") from exc
-        programs = set.intersection(*(set(r.programs) for r in info.values()))
-        if TUNING_PROGRAM not in programs:
-            client.close()
-            raise ClusterUnavailableError(
-                f"the cluster in {path} does not run the {TUNING_PROGRAM!r} program "
-                f"(it runs {sorted(programs)})"
-            )
-        digests = {r.model_digest for r in info.values() if r.role == "party"}
-        try:
-            job = client.open_job(TUNING_PROGRAM, model_digest=digests.pop() if len(digests) == 1 else "")
-        except ClusterError as exc:
-            client.close()
-            raise ClusterUnavailableError(f"the cluster refused the tuning job: {exc}") from exc
-        fp = FixedPoint(client.config.frac_bits)
-        return cls(job, fp, len(client.compute_parties), head, config, anchors, word_ids)
+        job, fp, parties = open_tuning_job(config, TUNING_PROGRAM)
+        return cls(job, fp, parties, head, config, anchors, word_ids)
 
     # ------------------------------------------------------------------ LossOracle
     def upload(self, name: str, split: EncodedSplit, loss: str | None = None) -> None:
@@ -316,8 +322,12 @@ class SecureOracle(LossOracle):
             inputs += [f"{part.name}.y" for part in parts]
         if self.anchor_lengths is not None:
             inputs.append("anchors.x")
+        return self._generate(prompts, inputs, params, output)
+
+    def _generate(self, prompts: np.ndarray, inputs: list[str], params, output: str) -> np.ndarray:
+        """ONE call per participant: the candidates' shares inline, the result shares and statistics back;
+        the reconstructed ``output`` and its costs."""
         t0 = time.perf_counter()
-        # the candidates' shares inline, the result shares and statistics back
         ring = self.fp.encode(np.asarray(prompts, dtype=np.float64))
         generation = self._guard(self.job.generate, {"prompts": ring}, inputs, params, [output])
         self.cost.bytes_sent += suite_class(self.job.suite).share_bytes(ring.size) * self.parties
