@@ -361,6 +361,55 @@ def collect_forward_only(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
+TASKS = ("sst2", "yelp_polarity", "ag_news", "mrpc", "rte")
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sample sd (n)`` of per-seed scores; the sd needs two seeds."""
+    if not values:
+        return "-"
+    v = np.asarray(values, dtype=np.float64)
+    sd = f" ± {v.std(ddof=1):.1f}" if len(v) > 1 else ""
+    return f"{v.mean():.1f}{sd} ({len(v)})"
+
+
+def table(baselines: Path = OUT, forward_only: Path = FORWARD_ONLY_OUT) -> str:
+    """The markdown table of docs/baselines.md: test scores per task and method over the recorded seeds."""
+    base = json.loads(baselines.read_text())["records"] if baselines.is_file() else []
+    fo = json.loads(forward_only.read_text())["records"] if forward_only.is_file() else []
+    head = (
+        "| task (test rows, metric) | zero-shot z = 0 | forward-only (CMA-ES, 200 calls) | SFT (plaintext) "
+        "| gradient prompt tuning (plaintext) |\n|---|---|---|---|---|"
+    )
+    lines = [head]
+    for task in TASKS:
+        runs = [r["eval"] for r in fo if r["task"] == task]
+        if not runs and not any(r["task"] == task for r in base):
+            continue
+        metric = next((r["metric"] for r in base if r["task"] == task), runs[0]["metric"] if runs else "")
+        keys = ("accuracy",) if metric == "accuracy" else ("accuracy", "score")
+        cells = []
+        for key in keys:
+            fo_key = "tuned_accuracy" if key == "accuracy" else "tuned"
+            zs_key = "zero_shot_accuracy" if key == "accuracy" else "zero_shot"
+            zero = sorted({r[zs_key] for r in runs})
+            row = [
+                "/".join(f"{z:.1f}" for z in zero) or "-",
+                mean_sd([r[fo_key] for r in runs]),
+                *(
+                    mean_sd([r["test"][key] for r in base if r["task"] == task and r["method"] == m])
+                    for m in ("sft", "prompt")
+                ),
+            ]
+            cells.append((key if key == "accuracy" else metric, row))
+        rows = next(
+            (r["rows"]["test"] for r in base if r["task"] == task), runs[0]["examples"] if runs else "?"
+        )
+        for what, row in cells:
+            lines.append(f"| {task} ({rows}, {what}) | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2", "yelp_polarity", "ag_news", "mrpc", "rte"])
@@ -368,7 +417,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--collect-forward-only", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of the results")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return
     torch.set_num_threads(1)
     if args.collect_forward_only is not None:
         merge(FORWARD_ONLY_OUT, collect_forward_only(args.collect_forward_only), ("task", "seed"))
