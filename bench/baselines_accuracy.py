@@ -59,9 +59,9 @@ FORWARD_ONLY_OUT = RESULTS / "forward_only_accuracy.json"
 
 #: The fixed learning-rate grids (chosen before any run, not tuned afterwards): the usual few-shot ranges
 #: for fine-tuning a BERT-size encoder and for a soft prompt in embedding space.
-GRID: dict[str, tuple[float, ...]] = {"sft": (1e-5, 3e-5, 1e-4), "prompt": (3e-3, 1e-2, 3e-2)}
+GRID: dict[str, tuple[float, ...]] = {"sft": (1e-5, 3e-5, 1e-4), "prompt": (1e-2, 3e-2, 1e-1)}
 #: Epochs over the 16-shot train split per configuration, dev scored after each.
-EPOCHS: dict[str, int] = {"sft": 6, "prompt": 12}
+EPOCHS: dict[str, int] = {"sft": 4, "prompt": 8}
 BATCH_SIZE = 8
 HINGE_MARGIN = 2.0  # mpc_core.nn.loss.hinge's default, the one the tuner trains with
 
