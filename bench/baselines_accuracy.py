@@ -346,6 +346,32 @@ def merge(path: Path, records: list[dict[str, Any]], key: tuple[str, ...]) -> No
     path.write_text(json.dumps({"records": rows}, indent=1) + "\n")
 
 
+#: SST-2 forward-only test scores of seeds 0-2 as docs/accuracy.md records them (the default recipe, re-run
+#: on 2026-12-03 and scored with the fixed ``eval``; 436 rows), not re-run by this bench: their run folders
+#: are not in the repository.  Seeds 0-2 are the ones the default budget was picked on (see that page).
+SST2_FROM_DOCS = {0: 72.94, 1: 73.62, 2: 72.94}
+SST2_ZERO_SHOT = 71.33
+
+
+def documented_sst2() -> list[dict[str, Any]]:
+    return [
+        {
+            "task": "sst2",
+            "seed": seed,
+            "source": "docs/accuracy.md (not re-run here)",
+            "eval": {
+                "metric": "accuracy",
+                "examples": 436,
+                "tuned": acc,
+                "tuned_accuracy": acc,
+                "zero_shot": SST2_ZERO_SHOT,
+                "zero_shot_accuracy": SST2_ZERO_SHOT,
+            },
+        }
+        for seed, acc in SST2_FROM_DOCS.items()
+    ]
+
+
 def collect_forward_only(folder: Path) -> list[dict[str, Any]]:
     """The forward-only runs' records from ``<task>_s<seed>.eval.json`` (``secp-tune eval --json``) and
     ``<task>_s<seed>.run.json`` (``secp-tune run --json``) in ``folder``."""
@@ -353,7 +379,8 @@ def collect_forward_only(folder: Path) -> list[dict[str, Any]]:
     for path in sorted(folder.glob("*_s*.eval.json")):
         name = path.name.removesuffix(".eval.json")
         task, seed = name.rsplit("_s", 1)
-        record = {"task": task, "seed": int(seed), "eval": json.loads(path.read_text())}
+        record = {"task": task, "seed": int(seed), "source": "secp-tune run + eval (this bench session)"}
+        record["eval"] = json.loads(path.read_text())
         run = path.with_name(f"{name}.run.json")
         if run.is_file() and run.stat().st_size:
             record["run"] = json.loads(run.read_text())
@@ -392,7 +419,7 @@ def table(baselines: Path = OUT, forward_only: Path = FORWARD_ONLY_OUT) -> str:
         for key in keys:
             fo_key = "tuned_accuracy" if key == "accuracy" else "tuned"
             zs_key = "zero_shot_accuracy" if key == "accuracy" else "zero_shot"
-            zero = sorted({r[zs_key] for r in runs})
+            zero = sorted({r[zs_key] for r in runs if zs_key in r})
             row = [
                 "/".join(f"{z:.1f}" for z in zero) or "-",
                 mean_sd([r[fo_key] for r in runs]),
@@ -424,7 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     torch.set_num_threads(1)
     if args.collect_forward_only is not None:
-        merge(FORWARD_ONLY_OUT, collect_forward_only(args.collect_forward_only), ("task", "seed"))
+        records = collect_forward_only(args.collect_forward_only)
+        done = {(r["task"], r["seed"]) for r in records}
+        extra = [r for r in documented_sst2() if (r["task"], r["seed"]) not in done]
+        merge(FORWARD_ONLY_OUT, records + extra, ("task", "seed"))
         return
     for seed in args.seeds:
         for task in args.tasks:
