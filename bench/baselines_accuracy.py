@@ -339,11 +339,12 @@ def task_config(task: str, seed: int) -> RunConfig:
 
 
 def merge(path: Path, records: list[dict[str, Any]], key: tuple[str, ...]) -> None:
-    """Add ``records`` to the JSON list in ``path``, replacing earlier records with the same key."""
-    old = json.loads(path.read_text())["records"] if path.is_file() else []
-    new = {tuple(r[k] for k in key): r for r in [*old, *records]}
-    rows = sorted(new.values(), key=lambda r: tuple(str(r[k]) for k in key))
-    path.write_text(json.dumps({"records": rows}, indent=1) + "\n")
+    """Add ``records`` to the list ``records`` of the JSON object in ``path``, replacing earlier records with
+    the same key (other keys of the object are kept)."""
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    new = {tuple(r[k] for k in key): r for r in [*doc.get("records", []), *records]}
+    doc["records"] = sorted(new.values(), key=lambda r: tuple(str(r[k]) for k in key))
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 #: SST-2 forward-only test scores of seeds 0-2 as docs/accuracy.md records them (the default recipe, re-run
