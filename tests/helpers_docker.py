@@ -95,6 +95,12 @@ def project_containers(project: str) -> list[str]:
     return out.split()
 
 
+def project_volumes(project: str) -> list[str]:
+    """Every volume of a compose project (its servers' state_dir volumes)."""
+    out = sh(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"]).stdout
+    return out.split()
+
+
 def container_of(project: str, service: str) -> str:
     out = sh(
         [

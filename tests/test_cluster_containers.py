@@ -28,6 +28,7 @@ from helpers_docker import (
     image_size_mb,
     inspect,
     project_containers,
+    project_volumes,
     server_image,
     sh,
     wait_healthy,
@@ -142,8 +143,9 @@ def test_compose_cluster_tunes_like_the_process_cluster_survives_a_kill_and_leav
             info = inspect(container_of(project, service))
             assert info["HostConfig"]["ReadonlyRootfs"] is True
             assert info["Config"]["User"] == f"{uid}:{uid}"
-            mounts = [(m["Destination"], m["RW"]) for m in info["Mounts"]]
-            assert mounts == [("/srv/secp", False)], (service, mounts)
+            # Its staged folder read-only, and its own named volume for state_dir (its checkpoints).
+            mounts = sorted((m["Destination"], m["Type"], m["RW"]) for m in info["Mounts"])
+            assert mounts == [("/srv/secp", "bind", False), ("/var/lib/secp", "volume", True)], (service, mounts)
 
         # 3. The host's secp-tune against the containers: the same losses as on the process cluster.
         # (Masks are fresh random values in each run, so the reconstructed values agree to fixed-point
@@ -191,10 +193,11 @@ def test_compose_cluster_tunes_like_the_process_cluster_survives_a_kill_and_leav
     finally:
         logs = sh([*compose, "logs", "--no-color"], env=env, check=False).stdout
         print(logs[-6000:])  # shown by pytest when the test fails
-        sh([*compose, "down", "--timeout", "20"], env=env, check=False, timeout=180)
+        sh([*compose, "down", "--volumes", "--timeout", "20"], env=env, check=False, timeout=180)
 
-    # 5. Nothing left running: no container of the project, the ports free again.
+    # 5. Nothing left running: no container or volume of the project, the ports free again.
     assert project_containers(project) == [], logs[-3000:]
+    assert project_volumes(project) == []
     assert "aborted" in logs and "secp-p1" in logs  # the servers logged why the killed job ended
     sh([BIN / "secp-cluster", "up", "--config", cluster, "--timeout", "60"])
     sh([BIN / "secp-cluster", "down", "--config", cluster])

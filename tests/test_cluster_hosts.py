@@ -21,6 +21,7 @@ from helpers_docker import (
     container_of,
     inspect,
     project_containers,
+    project_volumes,
     server_image,
     sh,
     wait_healthy,
@@ -98,7 +99,7 @@ def test_each_party_on_its_own_host(tmp_path: Path) -> None:
             info = inspect(container_of(projects[host], host))
             sandboxes.add(info["NetworkSettings"]["SandboxKey"])
             addresses.add(info["NetworkSettings"]["Networks"][network]["IPAddress"])
-            assert [m["Destination"] for m in info["Mounts"]] == ["/srv/secp"]
+            assert sorted(m["Destination"] for m in info["Mounts"]) == ["/srv/secp", "/var/lib/secp"]
             staged = sorted(p.name for p in (tmp_path / f"host-{host}" / f"party{participant}").rglob("*"))
             others = [n for n in ("secp-p0", "secp-p1", "secp-dealer") if n != f"secp-{host}"]
             assert not any(o in f for o in others for f in staged), staged
@@ -161,8 +162,9 @@ def test_each_party_on_its_own_host(tmp_path: Path) -> None:
         for host in HOSTS:
             print(sh([*compose(host), "logs", "--no-color"], env=env(host), check=False).stdout[-3000:])
         for host in HOSTS:
-            sh([*compose(host), "down", "--timeout", "20"], env=env(host), check=False, timeout=180)
+            sh([*compose(host), "down", "--volumes", "--timeout", "20"], env=env(host), check=False, timeout=180)
         sh(["docker", "network", "rm", network], check=False)
     for host in HOSTS:
         assert project_containers(projects[host]) == []
+        assert project_volumes(projects[host]) == []
     assert sh(["docker", "network", "ls", "-q", "--filter", f"name={network}"]).stdout.strip() == ""

@@ -367,6 +367,29 @@ def test_layer_norm_rounds(suite: str, params: str) -> None:
 
 def test_layer_norm_small_rows_3d(suite: str) -> None:
     rng = np.random.default_rng(3)
+
+@pytest.mark.parametrize("params", ["public", "shared"])
+def test_layer_norm_bound_at_24_fractional_bits(suite: str, params: str) -> None:
+    """At f = 24 (the fault-injection tests' precision) d w kept at 2f bits times r would leave the ring:
+    the fast path brings it to f bits in the variance's truncation instead, and keeps the module's bound
+    (rows up to var 1000 and |x - mean| 90, the f = 24 domain's edge; H = 16, as the tiny test models)."""
+    fp = FixedPoint(frac_bits=24)
+    ulp = 2.0**-24
+    rng = np.random.default_rng(5)
+    variances = np.array([2.0**-5 * 1.05, 1.0, 40.0, 300.0, 700.0, 1000.0])
+    z = rng.normal(size=(variances.size, 16))
+    z = (z - z.mean(axis=-1, keepdims=True)) / z.std(axis=-1, keepdims=True)
+    x = fp.decode(fp.encode(z * np.sqrt(variances)[:, None] + 2.0))
+    w, b = (fp.decode(fp.encode(v)) for v in (1 + 0.2 * rng.normal(size=16), 0.1 * rng.normal(size=16)))
+    if params == "shared":
+        got = secure(suite, lambda t, tw, tb: fn.layer_norm(t, tw, tb, 1e-5), x, w, b, fp=fp)
+    else:
+        got = secure(suite, lambda t: fn.layer_norm(t, w, b, 1e-5), x, fp=fp)
+    ref = layer_norm_ref(x, w, b, 1e-5)
+    var = ((x - x.mean(axis=-1, keepdims=True)) ** 2).mean(axis=-1, keepdims=True)
+    rel = 1.6e-5 + 1.5 * ulp * np.sqrt(var) + 0.6 * ulp / var
+    assert_within(got, ref, rel * np.abs(ref - b) + 4 * ulp * (1 + np.abs(w)), f"layer_norm f=24 ({params})")
+
     x = rng.normal(size=(2, 3, 16)) * 2
     got = secure(suite, lambda t: fn.layer_norm(t, None, None, 1e-12), x)
     assert_spu_tolerance(got, layer_norm_ref(enc(x), None, None, 1e-12), "layer_norm 3-D")

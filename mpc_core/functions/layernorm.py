@@ -6,7 +6,8 @@ weight and bias may be public float arrays or SharedTensors (shape (H,), broadca
 Domain: var + eps in LAYERNORM_VAR_DOMAIN = [2^-5, 2^10] (rsqrt's domain).  Measured on all-MiniLM-L6-v2
 (SST-2 and AG News, with and without random prompts, both LayerNorms of all six blocks): per-row
 variances in [0.11, 131], so the domain has margins of 3.5x below and 7.8x above.  |x - mean| must stay
-below 2^14 (raw squares below 2^60; with probabilistic truncation each square also fails with
+below 2^14 at the default f = 16 (raw squares at 2f bits below 2^60, so the bound halves with every
+further fractional bit: 2^6 at f = 24; with probabilistic truncation each square also fails with
 probability d^2 2^-32).
 
 Rounds (exact truncation, the default; H = 2^a m with m odd):
@@ -19,7 +20,8 @@ Rounds (exact truncation, the default; H = 2^a m with m odd):
 3. one truncation by f + a gives var (d w is kept raw at 2f bits: it is only ever multiplied once more);
 4. r = :func:`~mpc_core.functions.inverse.rsqrt_rows` (var + eps): 5 guess steps per octave in one msb
    and three products (13 rounds in 2pc, against rsqrt's 21);
-5. y = (d w) r: one product and one truncation (by 2f).
+5. y = (d w) r: one product and one truncation (by 2f).  At large f (3f + OUTPUT_BITS > RAW_BITS, so
+   f >= 18) d w is brought to f bits in step 3's truncation instead (same rounds, H more elements).
 
 So 18 rounds in 2pc with public or shared weights (was 28 with public weights, 30 shared) and 25 in 3pc
 (was 41).  Odd parts m whose constant would be imprecise (m^1.5 2^-(e+1) > 2^-20) and probabilistic
@@ -43,6 +45,8 @@ from mpc_core.tensor import SharedTensor
 LAYERNORM_VAR_DOMAIN = (2.0**-5, 2.0**10)
 #: |x - mean| < 2^DIFF_BITS (the domain's guard above), which sizes the centring's constants.
 DIFF_BITS = 14
+#: |y - b| = |d r w| < 2^OUTPUT_BITS (|d r| <= sqrt(H), so H = 384 leaves |w| up to 13): sizes y = (d w) r.
+OUTPUT_BITS = 8
 #: The centring's constants must be within 2^-CONSTANT_BITS relatively, else the former path is taken.
 CONSTANT_BITS = 20
 
@@ -89,12 +93,28 @@ def layer_norm(
             else:
                 ints = np.rint(np.asarray(weight, dtype=np.float64) * (1 << f)).astype(np.int64)
                 dw = reinterpret(d * np.broadcast_to(ints, d.shape), 2 * f)
-        var = reinterpret(squares.sum(axis=-1, keepdims=True).truncate(f + a), f)
+        total = squares.sum(axis=-1, keepdims=True)
+        if dw.scale == 2 * f and 3 * f + OUTPUT_BITS > RAW_BITS:
+            var, dw = _truncate_together(total, dw, f, a)
+        else:
+            var = reinterpret(total.truncate(f + a), f)
         r = rsqrt_rows(var + float(eps), lo=var_domain[0], hi=var_domain[1])
         y = dw * r  # (2f or f) + f bits, truncated back to f once
         if bias is not None:
             y = y + (bias if isinstance(bias, SharedTensor) else np.asarray(bias, dtype=np.float64))
         return y
+
+
+def _truncate_together(total: SharedTensor, dw: SharedTensor, f: int, a: int) -> tuple[SharedTensor, SharedTensor]:
+    """var = total / 2^(f+a) and d w brought from 2f to f bits, in one truncation (the same round).
+
+    Needed when f is large (3f + OUTPUT_BITS > RAW_BITS, f >= 18): d w kept at 2f bits times r at f would
+    leave the ring.  d w is first multiplied by 2^a (exact) so that both take the same shift.
+    """
+    flat = SharedTensor.concatenate([total.reshape(-1), (reinterpret(dw, 0) * (1 << a)).reshape(-1)])
+    cut = reinterpret(reinterpret(flat, 0).truncate(f + a), f)
+    var = cut[: total.size].reshape(total.shape)
+    return var, cut[total.size :].reshape(dw.shape)
 
 
 def _layer_norm_direct(x, weight, bias, eps, var_domain) -> SharedTensor:
