@@ -97,7 +97,9 @@ def project_containers(project: str) -> list[str]:
 
 def project_volumes(project: str) -> list[str]:
     """Every volume of a compose project (its servers' state_dir volumes)."""
-    out = sh(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"]).stdout
+    out = sh(
+        ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"]
+    ).stdout
     return out.split()
 
 

@@ -145,7 +145,10 @@ def test_compose_cluster_tunes_like_the_process_cluster_survives_a_kill_and_leav
             assert info["Config"]["User"] == f"{uid}:{uid}"
             # Its staged folder read-only, and its own named volume for state_dir (its checkpoints).
             mounts = sorted((m["Destination"], m["Type"], m["RW"]) for m in info["Mounts"])
-            assert mounts == [("/srv/secp", "bind", False), ("/var/lib/secp", "volume", True)], (service, mounts)
+            assert mounts == [("/srv/secp", "bind", False), ("/var/lib/secp", "volume", True)], (
+                service,
+                mounts,
+            )
 
         # 3. The host's secp-tune against the containers: the same losses as on the process cluster.
         # (Masks are fresh random values in each run, so the reconstructed values agree to fixed-point

@@ -162,7 +162,12 @@ def test_each_party_on_its_own_host(tmp_path: Path) -> None:
         for host in HOSTS:
             print(sh([*compose(host), "logs", "--no-color"], env=env(host), check=False).stdout[-3000:])
         for host in HOSTS:
-            sh([*compose(host), "down", "--volumes", "--timeout", "20"], env=env(host), check=False, timeout=180)
+            sh(
+                [*compose(host), "down", "--volumes", "--timeout", "20"],
+                env=env(host),
+                check=False,
+                timeout=180,
+            )
         sh(["docker", "network", "rm", network], check=False)
     for host in HOSTS:
         assert project_containers(projects[host]) == []

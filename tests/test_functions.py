@@ -365,9 +365,6 @@ def test_layer_norm_rounds(suite: str, params: str) -> None:
     assert counts[1000] > counts[384]
 
 
-def test_layer_norm_small_rows_3d(suite: str) -> None:
-    rng = np.random.default_rng(3)
-
 @pytest.mark.parametrize("params", ["public", "shared"])
 def test_layer_norm_bound_at_24_fractional_bits(suite: str, params: str) -> None:
     """At f = 24 (the fault-injection tests' precision) d w kept at 2f bits times r would leave the ring:
@@ -390,6 +387,9 @@ def test_layer_norm_bound_at_24_fractional_bits(suite: str, params: str) -> None
     rel = 1.6e-5 + 1.5 * ulp * np.sqrt(var) + 0.6 * ulp / var
     assert_within(got, ref, rel * np.abs(ref - b) + 4 * ulp * (1 + np.abs(w)), f"layer_norm f=24 ({params})")
 
+
+def test_layer_norm_small_rows_3d(suite: str) -> None:
+    rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 3, 16)) * 2
     got = secure(suite, lambda t: fn.layer_norm(t, None, None, 1e-12), x)
     assert_spu_tolerance(got, layer_norm_ref(enc(x), None, None, 1e-12), "layer_norm 3-D")

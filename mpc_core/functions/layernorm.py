@@ -105,7 +105,9 @@ def layer_norm(
         return y
 
 
-def _truncate_together(total: SharedTensor, dw: SharedTensor, f: int, a: int) -> tuple[SharedTensor, SharedTensor]:
+def _truncate_together(
+    total: SharedTensor, dw: SharedTensor, f: int, a: int
+) -> tuple[SharedTensor, SharedTensor]:
     """var = total / 2^(f+a) and d w brought from 2f to f bits, in one truncation (the same round).
 
     Needed when f is large (3f + OUTPUT_BITS > RAW_BITS, f >= 18): d w kept at 2f bits times r at f would
