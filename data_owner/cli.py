@@ -85,6 +85,8 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
             continue
         if key == "gain":
             value = f"{value:+.2f} points"
+        elif key == "gain_interval_95":
+            value = f"[{value[0]:+.2f}, {value[1]:+.2f}] points (paired bootstrap over the examples)"
         elif key in PERCENT_KEYS:
             value = f"{value:.2f}%"
         elif isinstance(value, float):
@@ -94,6 +96,9 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
         line = f"  eval {name}: tuned {ev['tuned']:.2f}%"
         if "zero_shot" in ev:
             line += f", zero-shot {ev['zero_shot']:.2f}%, gain {ev['gain']:+.2f} points"
+            if "gain_interval_95" in ev:
+                lo, hi = ev["gain_interval_95"]
+                line += f" (95% interval {lo:+.2f} to {hi:+.2f})"
         where = f", {ev['file']}" if "file" in ev else ""
         console.print(line + f" ({ev['metric']}, {ev['examples']} examples{where})", highlight=False)
 

@@ -121,6 +121,7 @@ def evaluate(
                 zero_shot_accuracy=acc[1],
                 zero_shot_loss=losses[1],
                 gain=scores[0] - scores[1],
+                gain_interval_95=list(metrics.gain_interval(session.task.metric, *logits, data.labels)),
             )
     finally:
         session.close()

@@ -114,6 +114,8 @@ def test_eval_scores_the_saved_prompt_file_and_any_file_by_path(tuned, tmp_path:
     labels = s.splits["test"].labels
     s.close()
     assert by_split["tuned"] == 100 * float((logits.argmax(-1) == labels).mean())
+    lo, hi = by_split["gain_interval_95"]
+    assert lo <= by_split["gain"] <= hi and by_file["gain_interval_95"] == [lo, hi]
 
     # another file: a different score and hash, recorded as such
     other = write_split(tmp_path / "other.tsv", synthetic_rows(5, 11))
@@ -283,3 +285,26 @@ def test_scores_print_in_percent(tuned, tmp_path: Path) -> None:
     assert report["score_unit"] == "percent" and 1 < report["best_dev"] <= 100
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert history[0]["best_dev"] == report["zero_shot_dev"]
+
+
+def test_gain_interval_is_a_paired_bootstrap_of_the_metric() -> None:
+    """Identical predictions: exactly [0, 0]; one flipped prediction of 40: the interval holds the gain and
+    is about one prediction's worth wide; a large gain on many examples excludes 0; F1 is resampled too."""
+    from data_owner.metrics import f1, gain_interval
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, size=40)
+    right, wrong = np.eye(2)[labels], np.eye(2)[1 - labels]
+    assert gain_interval("accuracy", right, right, labels) == (0.0, 0.0)
+    one = right.copy()
+    one[0] = wrong[0]
+    lo, hi = gain_interval("accuracy", right, one, labels)
+    assert lo == 0.0 and 2.5 <= hi <= 7.5  # gain 2.5 points; at most 3 copies of the flipped row drawn
+    many = np.where(
+        rng.random(400)[:, None] < 0.3, np.eye(2)[1 - (labels.repeat(10))], np.eye(2)[labels.repeat(10)]
+    )
+    lo, hi = gain_interval("accuracy", np.eye(2)[labels.repeat(10)], many, labels.repeat(10))
+    assert 20 < lo < 30 < hi < 40
+    lo, hi = gain_interval("f1", right, one, labels)  # perfect F1 against one error: never negative
+    f1_gain = 100 * (1 - f1(one.argmax(-1), labels))
+    assert lo == 0.0 < f1_gain <= hi
