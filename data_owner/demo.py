@@ -5,7 +5,7 @@
 3. The data owner tunes a BBT prompt for SST-2 with CMA-ES against the cluster: every candidate prompt
    and every example leaves the data owner only as secret shares; only the losses come back.
 4. The tuned prompt and the zero-shot prompt are scored securely on a balanced subset of the SST-2 test
-   split, and the two accuracies are printed.
+   split; the two accuracies and the gain, with its 95% paired bootstrap interval, are printed.
 5. The cluster stops, whatever happened.
 
 The budget is small on purpose (the secure forward of MiniLM on 2 cores is far slower than plaintext):
@@ -134,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(result.stdout)
     minutes = (time.perf_counter() - start) / 60
     metric = report["metric"]
+    low, high = report["gain_interval_95"]
     print(
         f"\nSST-2, {report['examples']} test examples, scored on secret shares ({report['backend']}):"
         f"\n  zero-shot prompt : {metric} {report['zero_shot']:.1f}%"
         f"\n  tuned prompt     : {metric} {report['tuned']:.1f}%  (best from {report['best_source']})"
+        f"\n  gain             : {report['gain']:+.1f} points, 95% interval {low:+.1f} to {high:+.1f}"
+        " (paired bootstrap over these examples; an interval that spans 0 shows no reliable gain)"
         f"\n  ({args.budget} calls of popsize {args.popsize}, {args.k_shot} examples per class for training "
         f"and dev; {minutes:.1f} minutes in all; run folder {out})"
     )
