@@ -43,6 +43,7 @@ def _run(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # over 20 s: runs in make test, not in make test-fast
 def test_up_status_health_down(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(cluster_dict("3pc", free_ports(3))))  # no certificates yet

@@ -119,6 +119,7 @@ def _expected_peer(caller: str, target: int, claimed: int | None) -> Code:
 CALLERS = ("owner", "p0", "p1", "dealer", "mallory", *UNVERIFIABLE)
 
 
+@pytest.mark.slow  # over 20 s: runs in make test, not in make test-fast
 def test_every_caller_against_every_server_and_api(env):
     config, client, job, expected = env
     before = {p: info.open_jobs for p, info in client.server_info().items()}

@@ -246,6 +246,7 @@ def _rounds_lasting(job, seconds: float) -> int:
     return max(100, int(seconds / per_round))
 
 
+@pytest.mark.slow  # over 20 s: runs in make test, not in make test-fast
 def test_sigterm_finishes_short_batches_and_aborts_long_ones(tmp_path):
     grace = 20.0
     limits = {"shutdown_grace_s": grace}
