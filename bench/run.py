@@ -188,7 +188,15 @@ def render_markdown(results: dict) -> str:
             when = results.get("sections", {}).get(section)
             if when:
                 before, after = when["load_average_before_and_after"]
-                lines += [f"Measured {when['measured_at']}, load average {before} before, {after} after.", ""]
+                cpu = (
+                    f", CPU {when['cpu_capability']}, ring GEMM {when['ring_gemm_kernel']}"
+                    if "cpu_capability" in when
+                    else ""
+                )
+                lines += [
+                    f"Measured {when['measured_at']}{cpu}, load average {before} before, {after} after.",
+                    "",
+                ]
             lines += markdown_table(columns, results[section])
     return "\n".join(lines) + "\n"
 
