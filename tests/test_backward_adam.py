@@ -17,7 +17,7 @@ from test_backward import LOSS_SCALE, Case
 
 from contract.manifest import load_party_shares
 from mpc_core.nn.backend import PlainBackend, SecureBackend
-from mpc_core.nn.grad.adam import Adam, AdamConfig
+from mpc_core.nn.grad.adam import ADAM_CHUNK, Adam, AdamConfig
 from mpc_core.nn.grad.tuning import FullFineTuning, PromptTuning
 from mpc_core.nn.weights import _canonical_name, _is_transposed
 from mpc_core.runtime import run_parties
@@ -56,8 +56,8 @@ def _torch_adam(theta, grads, cfg: AdamConfig):
     return after, bounds
 
 
-def _run_adam(B, theta, grads, cfg, scale):
-    adam = Adam(B, cfg, scale)
+def _run_adam(B, theta, grads, cfg, scale, chunk=ADAM_CHUNK):
+    adam = Adam(B, cfg, scale, chunk=chunk)
     params, out = dict(theta), []
     for g in grads:
         params = adam.step(params, {k: v * scale for k, v in g.items()})
@@ -81,10 +81,27 @@ def test_plain_adam_is_torch_adam_within_the_eps_placement_bound():
     assert max(gaps) > 1e-4  # the placement of eps does matter for small gradients
 
 
+def test_plain_adam_in_slices_equals_adam_at_once():
+    """The element-wise step on slices of 5 of the 27 flattened elements (6 slices, the last of 2, one
+    slice across both tensors) is the same float64 computation as on the whole vector."""
+    rng = np.random.default_rng(2)
+    theta = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    grads = _gradients(rng, low=1e-3)
+    cfg = AdamConfig(lr=1e-2, eps=1e-3, grad_max=1.0)
+    whole = _run_adam(PlainBackend({}), theta, grads, cfg, 64.0)
+    sliced = _run_adam(PlainBackend({}), theta, grads, cfg, 64.0, chunk=5)
+    for t in range(STEPS):
+        for k in SHAPES:
+            np.testing.assert_allclose(sliced[t][k], whole[t][k], rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="at least one element"):
+        Adam(PlainBackend({}), cfg, chunk=0)
+
+
+@pytest.mark.parametrize("chunk", [ADAM_CHUNK, 5])
 @pytest.mark.parametrize("suite", ["2pc", "3pc"])
-def test_secure_adam_follows_torch_adam(suite: str):
+def test_secure_adam_follows_torch_adam(suite: str, chunk: int):
     """Within the eps-placement bound plus the stated precision per step; and within 1e-2 of the update
-    where sqrt(v^) >= 200 eps."""
+    where sqrt(v^) >= 200 eps; the same whether the step runs on the whole vector or on slices of 5."""
     rng = np.random.default_rng(1)
     theta = {k: rng.normal(size=s) for k, s in SHAPES.items()}
     grads = _gradients(rng, low=0.2)
@@ -97,7 +114,7 @@ def test_secure_adam_follows_torch_adam(suite: str):
     def program(ctx, *xs):
         start = dict(zip(names, xs[:2], strict=True))
         steps = [dict(zip(names, xs[2 + 2 * i : 4 + 2 * i], strict=True)) for i in range(STEPS)]
-        adam = Adam(SecureBackend(ctx, {}), cfg, scale)
+        adam = Adam(SecureBackend(ctx, {}), cfg, scale, chunk=chunk)
         params, out = start, []
         for g in steps:
             params = adam.step(params, g)
