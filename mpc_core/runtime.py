@@ -11,7 +11,7 @@ with one process per participant over gRPC.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,8 @@ from mpc_core.ring import FixedPoint
 from mpc_core.suites import Suite, suite_class
 from mpc_core.tensor import SharedTensor
 from mpc_core.transport.base import Transport, TransportClosed
-from mpc_core.transport.inprocess import InProcessNetwork
+from mpc_core.transport.inprocess import InProcessNetwork, Link
+from mpc_core.transport.shaping import NetworkShape
 
 Program = Callable[..., Any]
 
@@ -44,15 +45,18 @@ def share_inputs(suite: str, secrets: Sequence[np.ndarray], fp: FixedPoint) -> l
 
 
 def run_threads(
-    body: Callable[[int, Transport], Any], participants: int, timeout_s: float = 300.0
+    body: Callable[[int, Transport], Any],
+    participants: int,
+    timeout_s: float = 300.0,
+    shapes: Mapping[Link, NetworkShape] | None = None,
 ) -> list[Any]:
     """Run ``body(participant, transport)`` for every participant, each in its own thread, over one
-    in-process network; returns each participant's result.
+    in-process network (its directed links shaped by ``shapes``); returns each participant's result.
 
     An exception in one participant closes the network (so the others stop waiting) and is re-raised
     here; a participant that only saw the network close is reported only if nobody failed for real.
     """
-    network = InProcessNetwork(participants, timeout_s=timeout_s)
+    network = InProcessNetwork(participants, timeout_s=timeout_s, shapes=shapes)
     results: list[Any] = [None] * participants
     errors: list[BaseException | None] = [None] * participants
 
@@ -81,11 +85,12 @@ def run_parties(
     *secrets: np.ndarray,
     fp: FixedPoint | None = None,
     timeout_s: float = 300.0,
+    shapes: Mapping[Link, NetworkShape] | None = None,
 ) -> list[Any]:
     """Run ``program(ctx, *shared_inputs)`` on every participant; returns each participant's result.
 
     The float ``secrets`` are shared as by an external data owner.  Any exception in one participant
-    aborts the others and is re-raised here.
+    aborts the others and is re-raised here.  ``shapes`` emulates a network on the named links.
     """
     fp = fp or FixedPoint()
     cls = suite_class(suite)
@@ -101,4 +106,4 @@ def run_parties(
         ]
         return program(ctx, *inputs)
 
-    return run_threads(body, cls.participants, timeout_s)
+    return run_threads(body, cls.participants, timeout_s, shapes)

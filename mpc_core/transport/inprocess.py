@@ -2,16 +2,26 @@
 
 Used by unit tests and benchmarks that keep all participants in one process.  Arrays are copied on
 send so that no participant can alias another's memory (as on a real network).
+
+A :class:`~mpc_core.transport.shaping.NetworkShape` per directed link (``shapes``) emulates a LAN or WAN
+with the same virtual wire as the gRPC links (:class:`~mpc_core.transport.shaping.LinkClock`: a message
+occupies its link for 8 bytes / bandwidth, then arrives after the latency), without gRPC's serialization
+CPU: benchmarks can time a protocol under ``wan`` on a two-core machine, where the time is mostly waiting.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Mapping
 
 import numpy as np
 
 from mpc_core.transport.base import ProtocolError, Transport, TransportClosed
+from mpc_core.transport.shaping import DELIVERY_TIMER, LinkClock, NetworkShape
+
+Link = tuple[int, int]
 
 _CLOSED = object()
 
@@ -19,7 +29,10 @@ _CLOSED = object()
 class InProcessNetwork:
     """The shared medium: creates one :class:`InProcessTransport` per participant."""
 
-    def __init__(self, participants: int, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, participants: int, timeout_s: float = 120.0, shapes: Mapping[Link, NetworkShape] | None = None
+    ) -> None:
+        """``shapes`` maps a directed link (src, dst) to its emulated network; links not named are instant."""
         self.participants = participants
         self.timeout_s = timeout_s
         self._queues = {
@@ -28,7 +41,26 @@ class InProcessNetwork:
             for dst in range(participants)
             if src != dst
         }
+        unknown = set(shapes or {}) - set(self._queues)
+        if unknown:
+            raise ValueError(f"no such links between {participants} participants: {sorted(unknown)}")
+        self._clocks = {link: LinkClock(shape) for link, shape in (shapes or {}).items() if shape.active}
         self._closed = threading.Event()
+
+    def drained_at(self, link: Link) -> float:
+        """When every message sent so far on ``link`` will have arrived (monotonic time)."""
+        clock = self._clocks.get(link)
+        return clock.drained_at() if clock is not None else time.monotonic()
+
+    def _deliver(self, link: Link, item: tuple[str, np.ndarray]) -> None:
+        """Put a message in its link's queue now, or at its emulated arrival time on a shaped link."""
+        clock = self._clocks.get(link)
+        if clock is None:
+            self._queues[link].put(item)
+            return
+        DELIVERY_TIMER.schedule(
+            clock.delivery_time(item[1].nbytes, time.monotonic()), lambda: self._queues[link].put(item)
+        )
 
     def transport(self, participant: int) -> InProcessTransport:
         return InProcessTransport(self, participant)
@@ -48,7 +80,7 @@ class InProcessTransport(Transport):
     def send(self, to: int, tag: str, payload: np.ndarray) -> None:
         if self.network._closed.is_set():
             raise TransportClosed("in-process network closed")
-        self.network._queues[(self.participant, to)].put((tag, np.array(payload, copy=True)))
+        self.network._deliver((self.participant, to), (tag, np.array(payload, copy=True)))
 
     def recv(self, frm: int, tag: str) -> np.ndarray:
         try:

@@ -112,3 +112,8 @@ class LinkClock:
             start = max(now, self._free_at)
             self._free_at = start + self.shape.serialization_s(nbytes)
             return self._free_at + self.shape.latency_s
+
+    def drained_at(self) -> float:
+        """When everything sent so far will have arrived (monotonic time; in the past if it has)."""
+        with self._lock:
+            return self._free_at + self.shape.latency_s
