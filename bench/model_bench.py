@@ -79,27 +79,36 @@ def plaintext_fp32_seconds(ids: np.ndarray, mask: np.ndarray, repeats: int = 3) 
     return best
 
 
+def secure_forward(cfg, weights, head, mask, mode: str, suite: str):
+    """(prepare, forward) for :func:`bench.harness.measure`: the encoder's weights shared for ``suite``
+    (each participant wraps only its own shares), then the candidate logits with attention ``mode``."""
+    _, secret = split_public(weights)
+    shapes = {k: v.shape for k, v in secret.items()}
+    shares = share_tensors(secret, suite, FixedPoint(), system_prg())
+    attn = AttentionConfig(mode=mode)
+
+    def prepare(ctx, E, P):
+        own = shares[ctx.participant] if ctx.participant < len(shares) else None
+        return (SecureBackend(ctx, wrap_shares(ctx, own, shapes)), E, P)
+
+    def forward(ctx, B, E, P):
+        return candidate_logits(B, cfg, attn, head, E, P, mask)
+
+    return prepare, forward
+
+
 def bench_forward(
     suites=("2pc", "3pc"), modes=("softmax", "rfa", "favor"), batch=32, seq_len=64
 ) -> list[dict]:
     cfg, weights, head, examples, mask, prompt, ids = minilm_setup(batch, seq_len)
     plain_s = plaintext_fp32_seconds(ids, mask)
-    _, secret = split_public(weights)
-    shapes = {k: v.shape for k, v in secret.items()}
     rows = []
     for suite in suites:
-        shares = share_tensors(secret, suite, FixedPoint(), system_prg())
         for mode in modes:
-            attn = AttentionConfig(mode=mode)
-            ref = candidate_logits(PlainBackend(weights), cfg, attn, head, examples, prompt, mask)
-
-            def prepare(ctx, E, P, shares=shares):
-                own = shares[ctx.participant] if ctx.participant < len(shares) else None
-                return (SecureBackend(ctx, wrap_shares(ctx, own, shapes)), E, P)
-
-            def forward(ctx, B, E, P, attn=attn):
-                return candidate_logits(B, cfg, attn, head, E, P, mask)
-
+            ref = candidate_logits(
+                PlainBackend(weights), cfg, AttentionConfig(mode=mode), head, examples, prompt, mask
+            )
+            prepare, forward = secure_forward(cfg, weights, head, mask, mode, suite)
             m = measure(suite, "forward", forward, examples, prompt, prepare=prepare)
             rows.append(
                 {
