@@ -2,8 +2,8 @@
 
 The encoder is Hugging Face's own (``model.encoder`` of the tiny checkpoint reloaded in float64, fed the
 embedding layer's output with the prompt added after the first token); the similarity head and the
-cross-entropy are written out in torch.  Weight gradients come back under the canonical names
-(``[in, out]`` linear weights) so they compare directly with ours.
+loss (cross-entropy, or the hinge loss with margin 2) are written out in torch.  Weight gradients come back
+under the canonical names (``[in, out]`` linear weights) so they compare directly with ours.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Reference:
     weights: dict[str, np.ndarray]
 
 
-def torch_loss(model, examples, prompt, mask, anchors, scale, labels):
+def torch_loss(model, examples, prompt, mask, anchors, scale, labels, loss="ce", margin=2.0):
     x = torch.tensor(examples)
     if prompt is not None:
         length = prompt.shape[1]
@@ -35,13 +35,18 @@ def torch_loss(model, examples, prompt, mask, anchors, scale, labels):
     pooled = (hidden * m[..., None]).sum(1) / m.sum(1, keepdim=True)
     unit = pooled / pooled.norm(dim=-1, keepdim=True)
     logits = unit @ torch.tensor(scale * anchors.T)
+    if loss == "hinge":  # mpc_core.nn.loss.hinge: mean of sum_c relu(x_c - x_y + margin) - margin
+        true = logits.gather(1, torch.tensor(labels)[:, None])
+        return (torch.relu(logits - true + margin).sum(-1) - margin).mean()
     return torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
 
 
-def reference_gradients(folder, examples, prompt, mask, head, labels) -> Reference:
+def reference_gradients(
+    folder, examples, prompt, mask, head, labels, loss_name="ce", margin=2.0
+) -> Reference:
     model = hf_model(folder, mlm=False)
     p = None if prompt is None else torch.tensor(prompt, requires_grad=True)
-    loss = torch_loss(model, examples, p, mask, head.anchors, head.scale, labels)
+    loss = torch_loss(model, examples, p, mask, head.anchors, head.scale, labels, loss_name, margin)
     loss.backward()
     weights = {}
     for raw, param in model.named_parameters():

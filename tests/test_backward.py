@@ -56,7 +56,7 @@ class Case:
             self.shared[suite] = folder
         return folder
 
-    def gradients(self, B, examples, prompt, onehot, sft: bool):
+    def gradients(self, B, examples, prompt, onehot, sft: bool, loss: str = "ce", margin: float = 2.0):
         return loss_and_gradients(
             B,
             self.cfg,
@@ -65,16 +65,18 @@ class Case:
             prompt,
             onehot,
             self.mask,
+            loss=loss,
+            margin=margin,
             loss_scale=LOSS_SCALE,
             trainable=encoder_weight if sft else (lambda name: False),
         )
 
-    def secure(self, suite: str, sft: bool):
+    def secure(self, suite: str, sft: bool, loss: str = "ce", margin: float = 2.0):
         """(loss, prompt gradient, weight gradients) opened, unscaled; checks the dealer learns nothing."""
         folder = self.share(suite)
 
         def program(ctx, e, p, y):
-            g = self.gradients(SecureBackend(ctx, load_party_shares(ctx, folder)), e, p, y, sft)
+            g = self.gradients(SecureBackend(ctx, load_party_shares(ctx, folder)), e, p, y, sft, loss, margin)
             weights = {k: v.reveal() for k, v in g.weights.items()}
             return g.losses.reveal(), g.prompts.reveal(), weights
 
@@ -149,7 +151,64 @@ def test_unsupported_heads_modes_and_losses_are_refused(bert: Case):
         loss_and_gradients(B, bert.cfg, MLMHead([5, 6]), *args[2:])
     with pytest.raises(ValueError, match="softmax attention"):
         loss_and_gradients(B, *args, attn=AttentionConfig(mode="rfa"))
-    with pytest.raises(ValueError, match="cross-entropy"):
-        loss_and_gradients(B, *args, loss="hinge")
+    with pytest.raises(ValueError, match="supports the losses"):
+        loss_and_gradients(B, *args, loss="mse")
+    with pytest.raises(ValueError, match="margin"):
+        loss_and_gradients(B, *args, loss="hinge", margin=0.0)
     with pytest.raises(ValueError, match="loss scale"):
         loss_and_gradients(B, *args, loss_scale=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- hinge loss
+#: The hinge tests' margin: on these random tiny models the wrong class's logit is 0.55 below to 1.5 above
+#: the true one, so the tasks' margin 2 (or 1) puts every class inside it; 0.3 gives both sides of the kink.
+MARGIN = 0.3
+
+
+def _hinge_margins(case: Case) -> np.ndarray:
+    """z_c = x_c - x_y + MARGIN of the float64 forward (which classes the hinge counts), after checking
+    that the tape's hinge loss is :func:`mpc_core.nn.loss.hinge` of the forward's logits."""
+    from mpc_core.nn.batch import candidate_logits
+    from mpc_core.nn.loss import hinge
+
+    B = PlainBackend(case.weights)
+    logits = candidate_logits(
+        B, case.cfg, AttentionConfig(), case.head, case.examples, case.prompt, case.mask
+    )
+    g = case.gradients(B, case.examples, case.prompt, case.onehot, False, "hinge", MARGIN)
+    np.testing.assert_allclose(g.losses, hinge(B, logits, case.onehot, MARGIN), atol=1e-12)
+    logits = logits[0]
+    return logits - (logits * case.onehot).sum(-1, keepdims=True) + MARGIN
+
+
+def test_plain_hinge_gradients_equal_torch_autograd(case: Case):
+    z = _hinge_margins(case)
+    off = z[case.onehot == 0]
+    assert np.any(off > 0) and np.any(off < 0)  # some wrong classes inside the margin, some outside
+    ref = reference_gradients(
+        case.folder, case.examples, case.prompt, case.mask, case.head, case.labels, "hinge", MARGIN
+    )
+    g = case.gradients(
+        PlainBackend(case.weights), case.examples, case.prompt, case.onehot, True, "hinge", MARGIN
+    )
+    assert g.losses[0] == pytest.approx(ref.loss, abs=1e-12)
+    assert np.abs(ref.prompt).max() > 1e-3
+    assert relative_error(g.prompts / LOSS_SCALE, ref.prompt) <= 1e-9
+    for name, value in ref.weights.items():
+        assert_gradient_close(g.weights[name] / LOSS_SCALE, value, name, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("suite", ["2pc", "3pc"])
+def test_secure_hinge_gradients_match_torch(bert: Case, suite: str):
+    """Within 1e-2 of torch (as cross-entropy); every z_c is at least 0.05 from the hinge's kink, far
+    beyond the logits' fixed-point error, so the secure comparison bits are the float64 ones."""
+    z = _hinge_margins(bert)
+    assert np.abs(z).min() >= 0.05
+    ref = reference_gradients(
+        bert.folder, bert.examples, bert.prompt, bert.mask, bert.head, bert.labels, "hinge", MARGIN
+    )
+    loss, dp, dw = bert.secure(suite, sft=True, loss="hinge", margin=MARGIN)
+    assert abs(loss[0] - ref.loss) <= 1e-2
+    assert_gradient_close(dp, ref.prompt, "prompt")
+    for name, value in ref.weights.items():
+        assert_gradient_close(dw[name], value, name)

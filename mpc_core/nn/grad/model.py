@@ -1,10 +1,10 @@
 """The whole tuning computation with a tape, and its backward: prompts -> encoder -> head -> loss.
 
 :func:`loss_and_gradients` is the gradient counterpart of :func:`mpc_core.nn.batch.candidate_losses` for
-the similarity head (all-MiniLM-L6-v2) and cross-entropy, softmax attention: the same prompt insertion
-(:func:`mpc_core.nn.batch.insert_prompts`), the same blocks and head, the same loss, plus dL/dprompts and
-(for full fine-tuning) dL/dW of every encoder tensor.  It works on either backend; on shares nothing is
-opened (the losses and gradients come back as shares).
+the similarity head (all-MiniLM-L6-v2), cross-entropy or the hinge loss, softmax attention: the same prompt
+insertion (:func:`mpc_core.nn.batch.insert_prompts`), the same blocks and head, the same loss, plus
+dL/dprompts and (for full fine-tuning) dL/dW of every encoder tensor.  It works on either backend; on
+shares nothing is opened (the losses and gradients come back as shares).
 
 Loss scale: the backward starts from S dL/dlogits (S a public power of two, ``loss_scale``) instead of
 dL/dlogits, so every gradient is S times larger in fixed point and keeps log2 S more significant bits
@@ -15,7 +15,9 @@ they are; divide by S only to read them.  Magnitudes stay far inside the ring (S
 Head backward (similarity): logits = s u A^T, u = p r, r = rsqrt(|p|^2), p = masked mean of h:
 du = dlogits (s A), dp = r (du - u sum(du u)), dh_t = mask_t dp / len.  Cross-entropy backward:
 dlogits = S (softmax(logits) - y) / n with softmax = e / sum(e) reusing the forward's e = exp(x - max x)
-(one reciprocal on [2/3, C]: relative error 1.53e-4).
+(one reciprocal on [2/3, C]: relative error 1.53e-4).  Hinge backward (MRPC and RTE's loss):
+dlogits = S ([z >= 0] - y sum_c [z_c >= 0]) / n with z = logits - logit_y + margin, from the forward's own
+relu comparison bits (exact up to the product by S / n).
 """
 
 from __future__ import annotations
@@ -82,6 +84,36 @@ def cross_entropy_forward(B: Backend, logits: Value, onehot: Value) -> tuple[Val
     return (lse - true).mean(axis=-1), LossTape(e, s)
 
 
+@dataclass
+class HingeTape:
+    active: Value  # [z_c >= 0], z_c = x_c - x_y + margin: ring integers on shares
+
+
+def hinge_forward(ops: GradOps, logits: Value, onehot: Value, margin: float) -> tuple[Value, HingeTape]:
+    """:func:`mpc_core.nn.loss.hinge` keeping the relu's comparison bits (the same msb and exact product
+    as ``B.relu``: relu(z) = z [z >= 0])."""
+    if margin <= 0:
+        raise ValueError("the hinge margin must be positive")
+    true = (logits * onehot).sum(axis=-1, keepdims=True)
+    z = logits - true + margin
+    with ops.op("relu"):
+        active = ops.indicator(z)
+        relu = z * active
+    return (relu.sum(axis=-1) - margin).mean(axis=-1), HingeTape(active)
+
+
+def hinge_backward(ops: GradOps, onehot: Value, tape: HingeTape, loss_scale: float) -> Value:
+    """S dL/dlogits of L = mean_n (sum_c relu(x_c - x_y + m) - m), summed over candidates:
+    dL/dx_c = ([z_c >= 0] - y_c sum_k [z_k >= 0]) / n (the true class's own term has z_y = m > 0).
+    Exact apart from the final product by S / n (no function is approximated; a z_c within the
+    logits' fixed-point error of 0 may take the other side, as in the forward)."""
+    with ops.op("loss_grad"):
+        n = tape.active.shape[-2]
+        count = tape.active.sum(axis=-1, keepdims=True)  # ring integers
+        d = ops.as_fixed(tape.active) - onehot * count
+        return ops.scale(d, loss_scale / n)
+
+
 def cross_entropy_backward(ops: GradOps, onehot: Value, tape: LossTape, loss_scale: float) -> Value:
     """S dL/dlogits for L = sum over candidates of each candidate's mean loss."""
     B = ops.B
@@ -92,11 +124,15 @@ def cross_entropy_backward(ops: GradOps, onehot: Value, tape: LossTape, loss_sca
 
 
 # ---------------------------------------------------------------------------------------------- whole model
+#: Losses with a backward: cross-entropy and the hinge loss of :mod:`mpc_core.nn.loss`.
+LOSSES = ("ce", "hinge")
+
+
 @dataclass
 class Tape:
     blocks: list[BlockTape] = field(default_factory=list)
     head: HeadTape | None = None
-    loss: LossTape | None = None
+    loss: LossTape | HingeTape | None = None
 
 
 @dataclass
@@ -114,8 +150,8 @@ def _check(head, attn: AttentionConfig, loss: str) -> None:
         raise ValueError("the backward pass supports the similarity head only (MLM head: not yet)")
     if attn.mode != "softmax":
         raise ValueError(f"the backward pass supports softmax attention only, not {attn.mode!r}")
-    if loss != "ce":
-        raise ValueError(f"the backward pass supports the cross-entropy loss only, not {loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"the backward pass supports the losses {LOSSES} only, not {loss!r}")
 
 
 def loss_and_gradients(
@@ -130,12 +166,14 @@ def loss_and_gradients(
     attn: AttentionConfig | None = None,
     loss: str = "ce",
     loss_scale: float = 2.0**8,
+    margin: float = 2.0,
     prompt_grad: bool = True,
     trainable: Trainable = frozen,
     pool_mask: np.ndarray | None = None,
 ) -> Gradients:
     """Per-candidate losses [P] and S-scaled gradients of their sum.
 
+    ``loss`` is ``"ce"`` or ``"hinge"`` (with ``margin``, as :func:`mpc_core.nn.loss.hinge`);
     ``prompts`` [P, L, H] are added after the first token as in the forward (None: no prompt, P = 1);
     ``prompt_grad`` asks for dL/dprompts, ``trainable`` picks the weights that get dL/dW
     (:func:`encoder_weight` for full fine-tuning).
@@ -159,10 +197,15 @@ def loss_and_gradients(
         tape.blocks.append(block)
     logits, tape.head = similarity_forward(ops, head, x, pool)
     logits = logits.reshape(p, n, head.classes)
-    losses, tape.loss = cross_entropy_forward(B, logits, onehot)
+    if loss == "ce":
+        losses, tape.loss = cross_entropy_forward(B, logits, onehot)
+        dlogits = cross_entropy_backward(ops, onehot, tape.loss, loss_scale)
+    else:
+        losses, tape.loss = hinge_forward(ops, logits, onehot, margin)
+        dlogits = hinge_backward(ops, onehot, tape.loss, loss_scale)
 
     grads: Grads = {}
-    dlogits = cross_entropy_backward(ops, onehot, tape.loss, loss_scale).reshape(p * n, head.classes)
+    dlogits = dlogits.reshape(p * n, head.classes)
     dx = similarity_backward(ops, head, dlogits, tape.head)
     need_input = prompts is not None and prompt_grad
     for layer in reversed(range(cfg.layers)):

@@ -1,9 +1,10 @@
 """What the backward pass needs beyond :class:`~mpc_core.nn.backend.Backend`, for both backends.
 
 The forward's Backend has no row mean of full precision, no rsqrt with a caller's domain, no GELU
-derivative and no product with a small public constant at more than f bits; the backward and Adam need all
-four.  They live here, in a separate adapter (one class per backend, chosen once by :func:`grad_ops`), so the
-forward's files stay as they are.  Nothing here decides anything from a secret value.
+derivative, no comparison bit to keep (the hinge loss's relu) and no product with a small public constant
+at more than f bits; the backward and Adam need all five.  They live here, in a separate adapter (one
+class per backend, chosen once by :func:`grad_ops`), so the forward's files stay as they are.
+Nothing here decides anything from a secret value.
 
 GELU derivative (same Fourier machinery as :mod:`mpc_core.functions.gelu`): GELU(x) = x/2 + g_P(x) with
 g_P = a_0 + sum_{k odd} a_k cos(2 pi k x / P), so
@@ -95,6 +96,14 @@ class GradOps(ABC):
         """GELU'(x) = Phi(x) + x phi(x) (module docstring: within 7e-4 on shares for |x| <= 28)."""
 
     @abstractmethod
+    def indicator(self, x: Value) -> Value:
+        """[x >= 0] as ring integers 0/1 (scale 0 on shares; exact: one msb, the relu's own comparison)."""
+
+    @abstractmethod
+    def as_fixed(self, bits: Value) -> Value:
+        """Ring integers (an :meth:`indicator`, a count of them) as fixed-point values, exactly."""
+
+    @abstractmethod
     def scale(self, x: Value, c: float) -> Value:
         """x * c for a public float c, with c's relative encoding error 2^-21 instead of 2^-17 / |c|."""
 
@@ -133,6 +142,12 @@ class PlainGradOps(GradOps):
 
     def gelu_derivative(self, x):
         return gelu_derivative_exact(x)
+
+    def indicator(self, x):
+        return (np.asarray(x) >= 0).astype(np.float64)
+
+    def as_fixed(self, bits):
+        return bits
 
     def scale(self, x, c):
         return x * c
@@ -174,6 +189,12 @@ class SecureGradOps(GradOps):
             harmonics, b = gelu_derivative_coefficients()
             zeros = [0.0] * len(harmonics)
             return x.fourier(GELU_PERIOD, list(harmonics), zeros, [float(v) for v in b]) + 0.5
+
+    def indicator(self, x: SharedTensor) -> SharedTensor:
+        return 1 - x.msb()
+
+    def as_fixed(self, bits: SharedTensor) -> SharedTensor:
+        return bits.with_scale(bits.ctx.fp.frac_bits)
 
     def scale(self, x: SharedTensor, c: float) -> SharedTensor:
         if c == 0:

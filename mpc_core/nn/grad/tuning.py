@@ -7,6 +7,7 @@
   shares, re-marked as fixed operands under a per-step key (a stale 2pc mask would silently give wrong
   products).
 
+Both train on cross-entropy (``loss="ce"``, default) or the hinge loss (``loss="hinge"``, ``margin``).
 Both return the step's loss as the backend's value (shares: only the data owner should open it).
 Nothing here is part of the forward-only tuning path.
 """
@@ -39,7 +40,10 @@ class PromptTuning:
         adam: AdamConfig,
         loss_scale: float = DEFAULT_LOSS_SCALE,
         attn: AttentionConfig | None = None,
+        loss: str = "ce",
+        margin: float = 2.0,
     ) -> None:
+        self.loss, self.margin = loss, margin
         if len(prompt.shape) != 3 or prompt.shape[0] != 1 or prompt.shape[2] != cfg.hidden:
             raise ValueError(f"the prompt must be [1, L, {cfg.hidden}], got {tuple(prompt.shape)}")
         self.B, self.cfg, self.head, self.attn = B, cfg, head, attn or AttentionConfig()
@@ -60,6 +64,8 @@ class PromptTuning:
             onehot,
             mask,
             attn=self.attn,
+            loss=self.loss,
+            margin=self.margin,
             loss_scale=self.loss_scale,
             pool_mask=pool_mask,
         )
@@ -78,7 +84,10 @@ class FullFineTuning:
         adam: AdamConfig,
         loss_scale: float = DEFAULT_LOSS_SCALE,
         attn: AttentionConfig | None = None,
+        loss: str = "ce",
+        margin: float = 2.0,
     ) -> None:
+        self.loss, self.margin = loss, margin
         self.ops = grad_ops(B)
         self.cfg, self.head, self.attn = cfg, head, attn or AttentionConfig()
         self.loss_scale = loss_scale
@@ -107,6 +116,8 @@ class FullFineTuning:
             onehot,
             mask,
             attn=self.attn,
+            loss=self.loss,
+            margin=self.margin,
             loss_scale=self.loss_scale,
             prompt_grad=False,
             trainable=encoder_weight,
