@@ -44,6 +44,20 @@ class Measurement:
     offline_seconds: float | None = None
 
 
+def link_shapes(
+    suite: str, network: NetworkShape, dealer_network: NetworkShape | None = None
+) -> dict[tuple[int, int], NetworkShape]:
+    """Every directed link's emulated network: ``network``, or ``dealer_network`` on the dealer's links."""
+    facts = suite_class(suite)
+    n = facts.participants
+
+    def shape(a: int, b: int) -> NetworkShape:
+        touches_dealer = facts.dealer in (a, b)
+        return dealer_network if touches_dealer and dealer_network is not None else network
+
+    return {(a, b): shape(a, b) for a in range(n) for b in range(n) if a != b}
+
+
 def measure(
     suite: str,
     name: str,
@@ -52,8 +66,12 @@ def measure(
     prepare: Prepare | None = None,
     network: NetworkShape = NO_SHAPING,
     phases: bool = False,
+    dealer_network: NetworkShape | None = None,
 ) -> Measurement:
-    """Run ``operation(ctx, *prepared)`` once per participant under the op name ``name``."""
+    """Run ``operation(ctx, *prepared)`` once per participant under the op name ``name``.
+
+    ``dealer_network`` shapes the 2pc dealer's links apart from the parties' (default: ``network``).
+    """
     facts = suite_class(suite)
     if phases and facts.dealer is None:
         raise ValueError(f"suite {suite!r} has no dealer: its correlations are not an offline phase")
@@ -84,8 +102,7 @@ def measure(
             "value": value,
         }
 
-    links = {(a, b): network for a in range(facts.participants) for b in range(facts.participants) if a != b}
-    results = run_parties(suite, program, *inputs, shapes=links)
+    results = run_parties(suite, program, *inputs, shapes=link_shapes(suite, network, dealer_network))
     parties = facts.compute_parties
     return Measurement(
         seconds=max(results[p]["wall"] for p in parties),

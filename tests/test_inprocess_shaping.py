@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from bench.harness import measure
+from bench.harness import link_shapes, measure
 from mpc_core.transport.inprocess import InProcessNetwork
-from mpc_core.transport.shaping import NetworkShape
+from mpc_core.transport.shaping import NO_SHAPING, NetworkShape
 
 #: 5 MB/s and 20 ms one way: a 100 kB message occupies its link for 20 ms.
 SLOW = NetworkShape("custom", bandwidth_bps=40e6, latency_s=0.02)
@@ -97,3 +97,11 @@ def test_phases_need_a_dealer():
     x = np.ones((2, 2))
     with pytest.raises(ValueError, match="no dealer"):
         measure("3pc", "mul", _product, x, x, phases=True)
+
+
+def test_dealer_links_shaped_apart():
+    links = link_shapes("2pc", SLOW, dealer_network=NO_SHAPING)
+    assert links[(0, 1)] is SLOW and links[(1, 0)] is SLOW
+    assert all(links[link] is NO_SHAPING for link in [(2, 0), (2, 1), (0, 2), (1, 2)])
+    assert all(shape is SLOW for shape in link_shapes("3pc", SLOW, dealer_network=NO_SHAPING).values())
+    assert len(link_shapes("2pc", SLOW)) == 6 and set(link_shapes("2pc", SLOW).values()) == {SLOW}
