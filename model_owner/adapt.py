@@ -309,6 +309,9 @@ def initial_scales(enc: TorchEncoder, inputs: list, mask) -> list:
     return scales
 
 
+TUNE_CHOICES = ("scales", "attention", "all")
+
+
 def adapt_checkpoint(
     model_dir: str | Path,
     mode: str,
@@ -322,17 +325,24 @@ def adapt_checkpoint(
     tune: str = "scales",
     threads: int = 2,
     lr: float = 0.05,
+    weight_lr: float = 1e-4,
     pool_size: int = 128,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> AdaptationRecord:
-    """Distil the softmax checkpoint in ``model_dir`` to ``mode`` and write the adapted folder ``out_dir``."""
+    """Distil the softmax checkpoint in ``model_dir`` to ``mode`` and write the adapted folder ``out_dir``.
+
+    ``tune``: ``scales`` (the per-head scales, block-local loss on the attention contexts), ``attention``
+    (also the query and key projections, block-local), or ``all`` (end to end: every block's weights,
+    LayerNorms and the scales, loss on every block's output and the pooled sentence embedding, see
+    :func:`distil_end_to_end`; ``pool_size`` is then ignored: every training sequence is used).
+    """
     import torch
 
     if mode not in ("rfa", "favor"):
         raise ValueError(f"adaptation targets a random-feature mode (rfa or favor), not {mode!r}")
-    if tune not in ("scales", "attention"):
-        raise ValueError(f"tune must be 'scales' or 'attention', not {tune!r}")
+    if tune not in TUNE_CHOICES:
+        raise ValueError(f"tune must be one of {', '.join(TUNE_CHOICES)}, not {tune!r}")
     model_dir, out = Path(model_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} is not empty; choose another folder or pass --force")
@@ -359,6 +369,51 @@ def adapt_checkpoint(
 
     enc32 = TorchEncoder(cfg, tensors, torch.float32)
     rng = np.random.default_rng([seed, 0xAD])
+    if tune == "all":
+        tx, tm = embed(train_texts)
+        learned = distil_end_to_end(
+            enc32,
+            attn,
+            torch.tensor(tx, dtype=torch.float32),
+            torch.tensor(tm),
+            steps,
+            batch,
+            lr,
+            weight_lr,
+            rng,
+            log,
+        )
+        trained = ["attn.scale", "all block weights"]
+    else:
+        learned = _distil_block_local(
+            enc32, attn, embed, train_texts, tune, steps, batch, lr, pool_size, rng, log
+        )
+        trained = ["attn.scale"] + (["attn.q", "attn.k"] if tune == "attention" else [])
+    adapted = {**tensors, **learned}
+    after = measure_fidelity(cfg, adapted, attn, test_x, test_mask)
+    log(f"after: {after.model_dump()}")
+    seconds = time.perf_counter() - start
+    record = AdaptationRecord(
+        attention=attn,
+        fidelity=after,
+        before=before,
+        source=model_dir.resolve().name,
+        corpus=f"{CORPUS_NAME}: {len(train_texts)} training and {len(test_texts)} held-out sequences",
+        trained=trained,
+        steps=steps,
+        seconds=seconds,
+        threads=threads,
+    )
+    _write_folder(model_dir, out, learned, record, force)
+    return record
+
+
+def _distil_block_local(enc32, attn, embed, train_texts, tune, steps, batch, lr, pool_size, rng, log) -> dict:
+    """Block-local distillation: each block's attention context against the teacher's, with the teacher's
+    input to that block (a pool of ``pool_size`` sequences); trains the scales (and q, k)."""
+    import torch
+
+    cfg = enc32.cfg
     pool = rng.choice(len(train_texts), size=min(pool_size, len(train_texts)), replace=False)
     px, pm = embed([train_texts[i] for i in pool])
     px, pm = torch.tensor(px, dtype=torch.float32), torch.tensor(pm)
@@ -405,30 +460,94 @@ def adapt_checkpoint(
         opt.step()
         if step % 50 == 0 or step + 1 == steps:
             log(f"step {step}: loss {loss.item():.4f}")
+    learned = {f"layer.{i}.attn.scale": s.detach().exp().double().numpy() for i, s in enumerate(log_s)}
+    learned.update({name: value.detach().double().numpy() for name, value in params.items()})
+    return learned
 
-    adapted = dict(tensors)
-    learned: dict[str, np.ndarray] = {}
-    for i, s in enumerate(log_s):
-        learned[f"layer.{i}.attn.scale"] = s.detach().exp().double().numpy()
-    for name, value in params.items():
-        learned[name] = value.detach().double().numpy()
-    adapted.update(learned)
-    after = measure_fidelity(cfg, adapted, attn, test_x, test_mask)
-    log(f"after: {after.model_dump()}")
-    seconds = time.perf_counter() - start
-    record = AdaptationRecord(
-        attention=attn,
-        fidelity=after,
-        before=before,
-        source=model_dir.resolve().name,
-        corpus=f"{CORPUS_NAME}: {len(train_texts)} training and {len(test_texts)} held-out sequences",
-        trained=["attn.scale"] + (["attn.q", "attn.k"] if params else []),
-        steps=steps,
-        seconds=seconds,
-        threads=threads,
+
+def trainable_block_tensors(enc: TorchEncoder) -> list[str]:
+    """The names end-to-end distillation fine-tunes: every tensor of every block (projections, FFN,
+    LayerNorms); the public embedding layer (which the data owner computes) is left as it is."""
+    return sorted(name for name in enc.t if name.startswith("layer."))
+
+
+def distillation_loss(student: list, teacher: list, mask, pooled_weight: float = 1.0):
+    """Mean over blocks of |H_s - H_t|^2 / |H_t|^2 (real tokens) plus ``pooled_weight`` x the mean
+    1 - cos of the mean-pooled sentence embeddings (the similarity head's input)."""
+    keep = mask[..., None].to(student[0].dtype)
+    hidden = sum(
+        (((s - t) * keep) ** 2).sum() / ((t * keep) ** 2).sum() for s, t in zip(student, teacher, strict=True)
     )
-    _write_folder(model_dir, out, learned, record, force)
-    return record
+    cosine = (pooled(student[-1], mask) * pooled(teacher[-1], mask)).sum(-1).mean()
+    return hidden / len(student) + pooled_weight * (1.0 - cosine)
+
+
+def distil_end_to_end(
+    enc32: TorchEncoder,
+    attn: AttentionConfig,
+    x,
+    mask,
+    steps: int,
+    batch: int,
+    lr: float,
+    weight_lr: float,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+    teacher_batch: int = 64,
+) -> dict[str, np.ndarray]:
+    """End-to-end distillation through all blocks: the student (the encoder with ``attn``, every block's
+    tensors and the per-head scales trainable) follows the softmax teacher's every block output and its
+    pooled embedding (:func:`distillation_loss`) on the corpus sequences x [N, T, H] (the public
+    embedding layer's output) with mask [N, T].  Adam (scales at ``lr``, weights at ``weight_lr``), the
+    weights' rate warmed up over the first 5% of steps and decayed on a cosine to 0.  Returns the learned
+    tensors (float64, canonical names)."""
+    import torch
+
+    cfg = enc32.cfg
+    with torch.no_grad():  # the teacher's block outputs for every training sequence, computed once
+        teacher = [torch.empty((0,)) for _ in range(cfg.layers)]
+        chunks = [
+            enc32.forward(x[i : i + teacher_batch], mask[i : i + teacher_batch], AttentionConfig())
+            for i in range(0, len(x), teacher_batch)
+        ]
+        teacher = [torch.cat([c[i] for c in chunks]) for i in range(cfg.layers)]
+        del chunks
+        inputs = [x[:256], *(t[:256] for t in teacher[:-1])]
+        init = initial_scales(enc32, inputs, mask[:256])
+    log_s = [torch.nn.Parameter(s.log()) for s in init]
+    names = trainable_block_tensors(enc32)
+    params = {name: torch.nn.Parameter(enc32.t[name].clone()) for name in names}
+    opt = torch.optim.Adam([{"params": log_s, "lr": lr}, {"params": list(params.values()), "lr": weight_lr}])
+    warm = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, factor])
+    for step in range(steps):
+        idx = torch.as_tensor(rng.choice(len(x), size=min(batch, len(x)), replace=False))
+        mk = mask[idx]
+        real = int(mk.sum(1).max())  # trailing padding columns are dropped (masked anyway)
+        mk = mk[:, :real]
+        student = enc32.forward(x[idx, :real], mk, attn, scales=[s.exp() for s in log_s], params=params)
+        loss = distillation_loss(student, [t[idx, :real] for t in teacher], mk)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step + 1 == steps:
+            with torch.no_grad():
+                cos = (pooled(student[-1], mk) * pooled(teacher[-1][idx, :real], mk)).sum(-1).mean().item()
+            scales = torch.cat([s.detach().exp() for s in log_s])
+            log(
+                f"step {step}: loss {loss.item():.4f}, pooled cosine {cos:.4f}, "
+                f"scales {scales.min().item():.2f}-{scales.max().item():.2f}"
+            )
+    learned = {f"layer.{i}.attn.scale": s.detach().exp().double().numpy() for i, s in enumerate(log_s)}
+    learned.update({name: value.detach().double().numpy() for name, value in params.items()})
+    return learned
 
 
 def _write_folder(model_dir: Path, out: Path, learned: dict, record: AdaptationRecord, force: bool) -> None:

@@ -1,7 +1,8 @@
 """``secp-adapt-model``: the command line of :func:`model_owner.adapt.adapt_checkpoint` (plaintext).
 
     secp-adapt-model --model DIR --attention rfa|favor --out DIR [--features 64] [--steps 150]
-                     [--tune scales|attention] [--threads 2] [--force]
+                     [--tune scales|attention|all] [--batch 8] [--max-len 48] [--lr 0.05]
+                     [--weight-lr 1e-4] [--threads 2] [--force]
 
 Writes an adapted checkpoint folder (the original files, ``secp_attention.safetensors`` with the learned
 tensors, ``secp_attention.json`` with the mode and the measured fidelity); share it with
@@ -16,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from model_owner.adapt import TUNE_CHOICES
 from mpc_core.nn.adapted import FIDELITY_MIN_COSINE
 from mpc_core.nn.config import UnsupportedModelError
 from mpc_core.nn.weights import CheckpointError
@@ -34,9 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=120, help="distillation steps (default 120)")
     parser.add_argument(
         "--tune",
-        choices=["scales", "attention"],
+        choices=list(TUNE_CHOICES),
         default="scales",
-        help="what is trained: the per-head scales only, or also the query/key projections",
+        help="what is trained: the per-head scales only (block-local), also the query/key projections "
+        "(block-local), or all: every block's tensors, end to end through all blocks",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--max-len", type=int, default=48, help="most tokens per corpus sequence")
+    parser.add_argument("--lr", type=float, default=0.05, help="Adam rate of the log scales (default 0.05)")
+    parser.add_argument(
+        "--weight-lr", type=float, default=1e-4, help="--tune all: peak Adam rate of the weights"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
@@ -57,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             steps=args.steps,
             tune=args.tune,
+            batch=args.batch,
+            max_len=args.max_len,
+            lr=args.lr,
+            weight_lr=args.weight_lr,
             threads=args.threads,
             force=args.force,
             log=lambda line: print(line, file=sys.stderr, flush=True),

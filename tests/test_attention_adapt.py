@@ -16,7 +16,14 @@ from helpers_models import make_tiny_model, random_batch
 
 from contract.embedding import PublicEmbeddings
 from contract.manifest import ShareManifest, load_party_shares
-from model_owner.adapt import TorchEncoder, adapt_checkpoint, corpus_sentences
+from model_owner.adapt import (
+    TorchEncoder,
+    adapt_checkpoint,
+    corpus_sentences,
+    distil_end_to_end,
+    distillation_loss,
+    trainable_block_tensors,
+)
 from model_owner.share import share_model
 from mpc_core.nn.adapted import (
     FIDELITY_MIN_COSINE,
@@ -84,14 +91,87 @@ def test_the_adapted_folder_loads_with_its_learned_scales_and_record(adapted, mo
     assert 0 <= record.fidelity.floored_denominators <= 1
 
 
+@pytest.fixture(scope="module")
+def adapted_all(adapted, tmp_path_factory):
+    """{mode: folder} of the same tiny BERT adapted end to end (--tune all), a few steps each."""
+    ckpt, _ = adapted
+    root = tmp_path_factory.mktemp("adapt_all")
+    for mode in ("rfa", "favor"):
+        adapt_checkpoint(
+            ckpt,
+            mode,
+            root / mode,
+            features=16,
+            steps=3,
+            batch=4,
+            max_len=16,
+            held_out=6,
+            tune="all",
+            weight_lr=1e-2,
+            log=lambda _: None,
+        )
+    return {mode: root / mode for mode in ("rfa", "favor")}
+
+
 @pytest.mark.parametrize("mode", ["rfa", "favor"])
-def test_torch_mirror_is_the_reference_function(adapted, mode):
+def test_end_to_end_adaptation_replaces_every_block_tensor(adapted, adapted_all, mode):
+    ckpt, _ = adapted
+    cfg, weights = load_checkpoint(adapted_all[mode])
+    _, original = load_checkpoint(ckpt)
+    assert set(weights) - set(original) == {f"layer.{i}.attn.scale" for i in range(cfg.layers)}
+    blocks = [name for name in original if name.startswith("layer.")]
+    changed = [name for name in blocks if not np.array_equal(weights[name], original[name])]
+    assert set(changed) == set(blocks)  # projections, FFN and LayerNorms of every block were trained
+    assert all(np.array_equal(weights[n], original[n]) for n in original if not n.startswith("layer."))
+    record = read_record(adapted_all[mode])
+    assert "all block weights" in record.trained and record.steps == 3
+
+
+def test_distillation_loss_is_zero_only_at_the_teacher():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(3, 5, 8, generator=gen) for _ in range(2)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    assert distillation_loss(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    padded = [t.clone() for t in teacher]
+    for t in padded:
+        t[1, 3:] += 100.0  # padding rows do not count
+    assert distillation_loss(padded, teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    moved = [teacher[0], teacher[1] + 0.1 * torch.randn(3, 5, 8, generator=gen)]
+    assert distillation_loss(moved, teacher, mask).item() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["rfa", "favor"])
+def test_end_to_end_distillation_lowers_the_loss(adapted, mode):
+    """On the tiny model the student with the random-feature mode moves towards the softmax teacher."""
+    import torch
+
+    ckpt, _ = adapted
+    cfg, weights = load_checkpoint(ckpt)
+    attn = AttentionConfig(mode=mode, features=16, normalize=True)
+    x, mask = _batch(cfg, weights, seed=5)
+    x, mask = torch.tensor(x, dtype=torch.float32), torch.tensor(mask)
+    enc = TorchEncoder(cfg, weights, torch.float32)
+    teacher = enc.forward(x, mask, AttentionConfig())
+    start = distillation_loss(enc.forward(x, mask, attn), teacher, mask).item()
+    rng = np.random.default_rng(0)
+    learned = distil_end_to_end(enc, attn, x, mask, 40, 3, 0.05, 3e-3, rng, log=lambda _: None)
+    assert set(learned) >= set(trainable_block_tensors(enc))
+    student = TorchEncoder(cfg, {**weights, **learned}, torch.float32)
+    end = distillation_loss(student.forward(x, mask, attn), teacher, mask).item()
+    assert end < 0.7 * start
+
+
+@pytest.mark.parametrize("tuned", ["scales", "all"])
+@pytest.mark.parametrize("mode", ["rfa", "favor"])
+def test_torch_mirror_is_the_reference_function(adapted, adapted_all, mode, tuned):
     """The distillation trains the function the servers compute (float64, padding included)."""
     import torch
 
-    _, folders = adapted
-    cfg, weights = load_checkpoint(folders[mode])
-    attn = read_record(folders[mode]).attention
+    folder = adapted[1][mode] if tuned == "scales" else adapted_all[mode]
+    cfg, weights = load_checkpoint(folder)
+    attn = read_record(folder).attention
     x, mask = _batch(cfg, weights)
     ref = encode(PlainBackend(weights), cfg, attn, x, mask)
     mirror = TorchEncoder(cfg, weights, torch.float64)
