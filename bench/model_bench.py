@@ -41,18 +41,23 @@ def minilm_folder() -> Path:
 
 
 @lru_cache(maxsize=1)
-def minilm_setup(batch: int = 32, seq_len: int = 64):
-    """(cfg, weights, head, example embeddings [batch, seq_len, H], mask, prompt [1, L, H], ids)."""
+def minilm_setup(batch: int = 32, seq_len: int = 64, folder: Path | None = None, join: int = 1):
+    """(cfg, weights, head, example embeddings [batch, seq_len, H], mask, prompt [1, L, H], ids).
+
+    Rows are Yelp training reviews (``join`` consecutive reviews per row, for long sequences), cut to
+    ``seq_len`` tokens so that every row is full; ``folder`` is the checkpoint (the bundled model by default).
+    """
     from transformers import AutoTokenizer
 
-    folder = minilm_folder()
+    folder = folder or minilm_folder()
     cfg, weights = load_checkpoint(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     emb = PublicEmbeddings.from_tensors(cfg, weights)
     anchors = encode_texts(tokenizer, ["It was terrible.", "It was great."], prompt_len=0)
     head = SimilarityHead(similarity_anchors(weights, cfg, emb(anchors.input_ids), anchors.mask), 20.0)
     lines = (ROOT / "data" / "yelp_polarity" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    texts = [line.split("\t")[1] for line in lines][:batch]
+    reviews = [line.split("\t")[1] for line in lines]
+    texts = [" ".join(reviews[i * join : (i + 1) * join]) for i in range(batch)]
     enc = encode_texts(tokenizer, texts, PROMPT_LEN, max_len=seq_len)
     if enc.mask.shape != (batch, seq_len):
         raise RuntimeError(f"expected full rows of {seq_len} tokens, got {enc.mask.shape}")
@@ -79,13 +84,13 @@ def plaintext_fp32_seconds(ids: np.ndarray, mask: np.ndarray, repeats: int = 3) 
     return best
 
 
-def secure_forward(cfg, weights, head, mask, mode: str, suite: str):
+def secure_forward(cfg, weights, head, mask, mode: str | AttentionConfig, suite: str):
     """(prepare, forward) for :func:`bench.harness.measure`: the encoder's weights shared for ``suite``
     (each participant wraps only its own shares), then the candidate logits with attention ``mode``."""
     _, secret = split_public(weights)
     shapes = {k: v.shape for k, v in secret.items()}
     shares = share_tensors(secret, suite, FixedPoint(), system_prg())
-    attn = AttentionConfig(mode=mode)
+    attn = mode if isinstance(mode, AttentionConfig) else AttentionConfig(mode=mode)
 
     def prepare(ctx, E, P):
         own = shares[ctx.participant] if ctx.participant < len(shares) else None
