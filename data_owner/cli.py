@@ -201,6 +201,7 @@ def given_options(options: dict[str, Any]) -> dict[str, Any]:
 @recipe_option("placement", "--placement", type=click.Choice(["prefix", "suffix"]))
 @recipe_option("cache_limit_mb", "--cache-limit-mb", type=float)
 @recipe_option("prompt_length", "--prompt-length", "-L", type=int)
+@recipe_option("prompt_init", "--prompt-init", type=click.Choice(["zeros", "template"]))
 @recipe_option("intrinsic_dim", "--intrinsic-dim", "-d", type=int)
 @recipe_option("popsize", "--popsize", type=int)
 @recipe_option("sigma0", "--sigma0", type=float)
@@ -299,10 +300,23 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
             # absolute, not resolved: a cluster file's relative paths are relative to where it is named
             base[key] = str(Path(base[key]).absolute())
     try:
-        return RunConfig.model_validate(base)
+        config = RunConfig.model_validate(base)
     except ValidationError as exc:
         msgs = "; ".join(short_error(e) for e in exc.errors())
         raise DataOwnerError(f"invalid run options: {msgs}") from exc
+    if config.prompt_init == "template" and "prompt_length" not in base:
+        config = config.model_copy(update={"prompt_length": template_length(config)})
+    return config
+
+
+def template_length(config) -> int:
+    """The prompt length a ``template``-initialised decoder prompt has (decoder.template_prompt_length)."""
+    from data_owner.decoder import DecoderModel, is_decoder_folder, template_prompt_length
+    from data_owner.task import load_task
+
+    if not is_decoder_folder(config.model):
+        raise DataOwnerError(f"--prompt-init template is for decoders; {config.model} is not one")
+    return template_prompt_length(DecoderModel.open(Path(config.model)).tokenizer, load_task(config.task))
 
 
 @main.command()

@@ -62,6 +62,12 @@ class RunConfig(BaseModel):
         default=20.0, gt=0, description="similarity head: cosine scores times this before the loss"
     )
     prompt_length: int = Field(default=5, ge=1, description="prompt length L in tokens (rows of the prompt)")
+    prompt_init: Literal["zeros", "template"] = Field(
+        default="zeros",
+        description="decoders: the prompt's starting rows p0 (p = A z + p0): zeros (inserted zero rows), or "
+        "template: the answer template's own tokens but its last, so that z = 0 is the model's plain input "
+        "(the prompt length is then that token count)",
+    )
     intrinsic_dim: int = Field(
         default=50, ge=1, description="intrinsic dimension d: CMA-ES searches z in R^d, prompt p = A z"
     )

@@ -12,8 +12,11 @@ example), and embeds them with the public token embedding.  Where the tuned prom
   template tokens: the cheap placement.
 
 Both placements read the same tokens, so their zero-shot points (z = 0: zero rows in the prompt's place)
-differ only by where the zero rows sit.  The next-token logits of the verbalizer words after the last
-token are the class scores (:class:`~mpc_core.nn.decoder_head.NextTokenHead`).
+differ only by where the zero rows sit.  With ``prompt_init = "template"`` the prompt's rows instead start
+as the embeddings of the answer template's own tokens but its last (p = p0 + A z), which the prompt then
+replaces: z = 0 is exactly the model's plain input, so tuning starts from the no-prompt zero-shot point.
+The next-token logits of the verbalizer words after the last token are the class scores
+(:class:`~mpc_core.nn.decoder_head.NextTokenHead`).
 
 Everything a user can get wrong is checked here on token counts and the public config, before any weight
 is read or any activation allocated: a verbalizer word that is not one token, a prompt plus example plus
@@ -191,7 +194,14 @@ class DecoderEncoder:
     counted): longer texts are cut, the longest text slot first, so the template words always survive.
     """
 
-    def __init__(self, tokenizer: Any, task: TaskSpec, prompt_length: int, max_length: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        task: TaskSpec,
+        prompt_length: int,
+        max_length: int,
+        prompt_init: Literal["zeros", "template"] = "zeros",
+    ) -> None:
         if task.decoder is None:
             task.template_for("next-token")  # raises the task's own clear error
         assert task.decoder is not None
@@ -201,6 +211,16 @@ class DecoderEncoder:
         self.max_length = max_length
         self.example_template, answer = task.decoder.split()
         self.tail_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        #: token ids whose embeddings start the prompt's rows (p0); empty: zero rows
+        self.init_ids: list[int] = []
+        if prompt_init == "template":
+            count = template_prompt_length(tokenizer, task)
+            if prompt_length != count:
+                raise DataOwnerError(
+                    f"--prompt-init template makes the prompt the answer template's first {count} tokens "
+                    f"({answer!r} but its last token): use --prompt-length {count}, or leave it unset"
+                )
+            self.init_ids, self.tail_ids = self.tail_ids[:-1], self.tail_ids[-1:]
         self.word_ids = decoder_word_ids(tokenizer, task.decoder.words)
         empty = self._fill({s: "" for s in task.slots})
         if len(empty) + len(self.tail_ids) + len(task.slots) > max_length:
@@ -248,6 +268,21 @@ class DecoderEncoder:
             input_ids=ids,
             tail_ids=list(self.tail_ids),
         )
+
+
+def template_prompt_length(tokenizer: Any, task: TaskSpec) -> int:
+    """Rows of a ``template``-initialised prompt: the answer template's tokens but its last (which stays a
+    plain token, so the answer is read after a real token), at least one."""
+    if task.decoder is None:
+        task.template_for("next-token")  # raises the task's own clear error
+    assert task.decoder is not None
+    _, answer = task.decoder.split()
+    count = len(tokenizer(answer, add_special_tokens=False)["input_ids"]) - 1
+    if count < 1:
+        raise DataOwnerError(
+            f"the answer template {answer!r} is a single token: --prompt-init template needs at least two"
+        )
+    return count
 
 
 def check_context(cfg: DecoderConfig, prompt_length: int, longest: int, tail: int, where: str) -> None:

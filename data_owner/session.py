@@ -97,6 +97,11 @@ def open_session(
         )
     if is_decoder_folder(config.model):
         return open_decoder_session(config, task, loss, examples, hashes, paths, oracle, std_ref)
+    if config.prompt_init != "zeros":
+        raise DataOwnerError(
+            f"--prompt-init {config.prompt_init} is for decoders; for an encoder, --placeholder none adds "
+            "the prompt to the text's first rows (z = 0 is then the plain input)"
+        )
     if config.head == "next-token":
         raise DataOwnerError(f"{config.model} is not a decoder checkpoint; --head next-token needs one")
     if config.placement != "prefix":
@@ -171,8 +176,15 @@ def open_decoder_session(
         raise DataOwnerError(f"{config.model} is a decoder: its head is next-token, not {config.head}")
     if config.attention != "softmax":
         raise DataOwnerError(f"decoders run softmax attention only, not {config.attention}")
+    if config.prompt_init == "template" and config.placement != "suffix":
+        raise DataOwnerError(
+            "--prompt-init template needs --placement suffix: the prompt then stands in for the answer "
+            "template's first tokens, right after the example text"
+        )
     model = DecoderModel.open(Path(config.model))
-    encoder = DecoderEncoder(model.tokenizer, task, config.prompt_length, config.max_length)
+    encoder = DecoderEncoder(
+        model.tokenizer, task, config.prompt_length, config.max_length, config.prompt_init
+    )
     tokens = {split: encoder.tokenize(ex) for split, ex in examples.items()}
     tail = len(encoder.tail_ids)
     for split, seqs in tokens.items():
@@ -190,7 +202,8 @@ def open_decoder_session(
     if std_ref is None:
         std_ref = reference_std(config, word, encoded.get("train"))
     std = Projection.entry_std(config.alpha, std_ref, config.intrinsic_dim, config.sigma0)
-    projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed)
+    p0 = word[np.asarray(encoder.init_ids, dtype=np.int64)] if encoder.init_ids else None
+    projection = Projection(config.prompt_length, model.hidden, config.intrinsic_dim, std, config.seed, p0)
     if oracle is None and config.backend == "secure":
         from data_owner.backends.secure_decoder import SecureDecoderOracle
 

@@ -120,6 +120,7 @@ def no_run_left(parent: Path) -> bool:
         ("no_mask", "mask slot <mask>", 2),
         ("no_text_slot", "no text slot", 2),
         ("small_budget", "below one generation", 2),
+        ("template_init_on_an_encoder", "--prompt-init template is for decoders", 2),
         ("cluster_down", "not available", 3),
     ],
 )
@@ -144,6 +145,8 @@ def test_bad_input_is_a_clear_error_and_leaves_no_run_folder(
         task = write_task(tmp_path, template="<P> w3 <mask>")
     elif case == "small_budget":
         extra = ["--popsize", "6", "--budget", "5"]
+    elif case == "template_init_on_an_encoder":
+        extra = ["--prompt-init", "template", "--prompt-length", "2"]
     elif case == "cluster_down":
         from cluster_ops.testing import write_test_cluster
 

@@ -178,3 +178,59 @@ def test_run_folder_records_the_decoder_and_resumes(tiny, tmp_path: Path) -> Non
     assert RunFolder(out).read_history()[-1]["calls"] == 24
     res = invoke(["resume", str(out)])
     assert res.exit_code == 0 and "finished already" in res.stderr
+
+
+def test_template_initialised_prompt_starts_at_the_plain_input(tiny) -> None:
+    """--prompt-init template: the prompt's rows are the answer template's tokens but its last, so z = 0 is
+    exactly the example followed by the whole answer template (Hugging Face's forward of the plain input)."""
+    import torch
+    from helpers_llama import hf_causal_lm
+
+    from data_owner.config import RunConfig
+    from data_owner.session import open_session
+
+    model, data, task = tiny
+    config = RunConfig(
+        task=str(task), data_dir=str(data), model=str(model), backend="plain", prompt_length=1,
+        intrinsic_dim=8, popsize=6, budget=24, max_length=32, placement="suffix", prompt_init="template",
+    )  # fmt: skip
+    session = open_session(config, splits=("dev",), std_ref=0.1)
+    dev = session.splits["dev"]
+    assert len(session.encoder.init_ids) == 1 and len(session.encoder.tail_ids) == 1  # "Sentiment", ":"
+    prompt = session.projection(np.zeros(8))[None]
+    logits = session.oracle.logits(prompt, "dev")
+    word = DecoderModel.open(model).token_embedding()
+    whole_tail = word[session.encoder.init_ids + session.encoder.tail_ids]
+    hf = hf_causal_lm(model)
+    for i in (0, 5, len(dev) - 1):
+        seq = np.concatenate([dev.embeds[i, : int(dev.lengths[i])], whole_tail])[None]
+        with torch.no_grad():
+            ref = hf(inputs_embeds=torch.from_numpy(seq)).logits[0, -1, session.encoder.word_ids].numpy()
+        np.testing.assert_allclose(logits[0, i], ref, rtol=1e-5, atol=1e-6)
+    # a point away from zero moves the logits (the prompt is really the template's rows)
+    moved = session.oracle.logits(session.projection(np.ones(8))[None], "dev")
+    assert np.max(np.abs(moved - logits)) > 1e-3
+    session.close()
+
+
+def test_template_initialised_prompt_run_sets_its_length(tiny, tmp_path) -> None:
+    model, data, task = tiny
+    out = tmp_path / "run"
+    args = [a for a in run_args(model, data, task, out) if a not in ("-L", "3")]
+    res = invoke([*args, "--placement", "suffix", "--prompt-init", "template", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["config"]["prompt_length"] == 1
+    assert np.load(out / "prompt.npy").shape == (1, 32)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--placement", "suffix", "--prompt-init", "template"], "use --prompt-length 1"),  # -L 3 given
+        (["--placement", "prefix", "--prompt-init", "template"], "needs --placement suffix"),
+    ],
+)
+def test_template_initialised_prompt_refusals(tiny, tmp_path, no_weights, extra, needle) -> None:
+    model, data, task = tiny
+    out = tmp_path / "run"
+    _refused(invoke(run_args(model, data, task, out, *extra)), out, needle)
