@@ -28,7 +28,7 @@ from data_owner.backends.plain_decoder import PlainDecoderOracle
 from data_owner.checkpoint import load_checkpoint
 from data_owner.config import RunConfig
 from data_owner.data import Example, bundled_data_dir
-from data_owner.decoder import DecoderEncoder
+from data_owner.decoder import DecoderEncoder, with_template_length
 from data_owner.evaluate import saved_prompt
 from data_owner.metrics import percent, score
 from data_owner.projection import Projection
@@ -40,10 +40,16 @@ from data_owner.tuner import Tuner
 from mpc_core.nn.decoder import decode, embed_tokens
 from mpc_core.nn.decoder_cache import extend
 
+#: Recipe options a study may set beside the placement (``--recipe KEY=VALUE``), with their types.
+RECIPE_OPTIONS = {"prompt_init": str, "alpha": float, "sigma0": float, "popsize": int, "intrinsic_dim": int}
 
-def run_config(model_dir: Path, task: str, placement: str, seed: int, budget: int) -> RunConfig:
-    """The default recipe (``secp-tune run``'s defaults) but for the placement, the seed and the budget."""
-    return RunConfig(
+
+def run_config(
+    model_dir: Path, task: str, placement: str, seed: int, budget: int, recipe: dict[str, Any] | None = None
+) -> RunConfig:
+    """The default recipe (``secp-tune run``'s defaults) but for the placement, the seed, the budget and
+    ``recipe``; a ``template``-initialised prompt takes the length its template gives."""
+    config = RunConfig(
         task=task,
         data_dir=str(bundled_data_dir(task)),
         model=str(model_dir),
@@ -51,18 +57,33 @@ def run_config(model_dir: Path, task: str, placement: str, seed: int, budget: in
         placement=placement,
         seed=seed,
         budget=budget,
+        **(recipe or {}),
     )
+    return with_template_length(config) if config.prompt_init == "template" else config
 
 
-def tune(model_dir: Path, task: str, placement: str, seed: int, budget: int, runs: Path) -> dict[str, Any]:
+def variant(placement: str, recipe: dict[str, Any]) -> str:
+    """The name of a placement with its recipe options (``suffix``, ``suffix-prompt_init=template``)."""
+    return "-".join([placement, *(f"{k}={v}" for k, v in sorted(recipe.items()))])
+
+
+def tune(
+    model_dir: Path,
+    task: str,
+    placement: str,
+    seed: int,
+    budget: int,
+    runs: Path,
+    recipe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One tuning run (train and dev only: the dev split alone picks the kept prompt), reused if finished."""
-    folder = runs / f"{task}_{placement}_{seed}"
+    folder = run_folder(runs, task, placement, seed, recipe or {})
     t0 = time.perf_counter()
     if not (RunFolder(folder).is_complete_run and write_report(RunFolder(folder))["status"] == "finished"):
         if folder.exists():
             Tuner.resume(folder).run()
         else:
-            Tuner.start(run_config(model_dir, task, placement, seed, budget), folder).run()
+            Tuner.start(run_config(model_dir, task, placement, seed, budget, recipe), folder).run()
     wall = time.perf_counter() - t0  # set-up (weights, prefill) and tuning; ~0 for a reused run
     report = write_report(RunFolder(folder))
     history = RunFolder(folder).read_history()
@@ -81,14 +102,24 @@ def tune(model_dir: Path, task: str, placement: str, seed: int, budget: int, run
     }
 
 
-def kept_prompt(folder: Path) -> np.ndarray:
-    """The run's saved prompt, checked against its checkpoint (as ``secp-tune eval`` does)."""
+def run_folder(runs: Path, task: str, placement: str, seed: int, recipe: dict[str, Any]) -> Path:
+    return runs / f"{task}_{variant(placement, recipe)}_{seed}"
+
+
+def kept_prompt(folder: Path, p0: np.ndarray | None = None) -> np.ndarray:
+    """The run's saved prompt, checked against its checkpoint (as ``secp-tune eval`` does); ``p0`` the
+    prompt's starting rows (a template-initialised prompt's; the same for every seed)."""
     run = RunFolder(folder)
     record = run.read_config()
     state = load_checkpoint(run.file(CHECKPOINT))
     config = RunConfig.model_validate(record["config"])
     projection = Projection(
-        config.prompt_length, record["hidden"], config.intrinsic_dim, record["projection_std"], config.seed
+        config.prompt_length,
+        record["hidden"],
+        config.intrinsic_dim,
+        record["projection_std"],
+        config.seed,
+        p0,
     )
     return saved_prompt(run, projection(state["best"]["z"]))
 
@@ -127,7 +158,11 @@ def wait_finished(folder: Path, poll_s: float = 20.0) -> Path:
 
 
 def final_scores(
-    model_dir: Path, task: str, placements: dict[str, list[Path]], no_prompt: bool = True
+    model_dir: Path,
+    task: str,
+    placements: dict[str, list[Path]],
+    no_prompt: bool = True,
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test (and dev) scores, computed ONCE, after the runs: the model's own zero-shot (raw and calibrated),
     the zero prompt (z = 0) and each seed's kept prompt, per placement.  The examples are prefilled once for
@@ -152,17 +187,17 @@ def final_scores(
                     "examples": len(data),
                 }
         for placement, folders in placements.items():
-            if placement not in sessions:
+            if placement not in sessions or recipe:
                 sessions[placement] = open_session(
-                    run_config(model_dir, task, placement, 0, 20), splits=("test",), std_ref=1.0
+                    run_config(model_dir, task, placement, 0, 20, recipe), splits=("test",), std_ref=1.0
                 )
             session = sessions[placement]
             labels = session.splits["test"].labels
-            shape = (1, session.projection.L, session.projection.H)
             t0 = time.perf_counter()
-            z0 = session.oracle.logits(np.zeros(shape), "test")[0]
+            z0 = session.oracle.logits(session.projection(np.zeros(session.projection.d))[None], "test")[0]
             seconds = time.perf_counter() - t0
-            prompts = np.stack([kept_prompt(wait_finished(f)) for f in folders])
+            p0 = session.projection.p0
+            prompts = np.stack([kept_prompt(wait_finished(f), p0) for f in folders])
             t0 = time.perf_counter()
             tuned = session.oracle.logits(prompts, "test")
             seconds += time.perf_counter() - t0
@@ -198,7 +233,16 @@ def main() -> None:
         "--final-only", action="store_true", help="tune nothing: wait for the runs (other processes), score"
     )
     parser.add_argument("--no-zero-shot", action="store_true", help="with --final: skip the no-prompt scores")
+    parser.add_argument(
+        "--recipe", action="append", default=[], metavar="KEY=VALUE", help=f"one of {sorted(RECIPE_OPTIONS)}"
+    )
     args = parser.parse_args()
+    recipe: dict[str, Any] = {}
+    for item in args.recipe:
+        key, _, value = item.partition("=")
+        if key not in RECIPE_OPTIONS or not value:
+            parser.error(f"--recipe takes KEY=VALUE with KEY one of {sorted(RECIPE_OPTIONS)}, got {item!r}")
+        recipe[key] = RECIPE_OPTIONS[key](value)
     model_dir = args.model.resolve()
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     result.update(
@@ -232,23 +276,32 @@ def main() -> None:
     for task in args.tasks:
         entry = tasks.setdefault(task, {})
         for placement in args.placements:
-            pl = entry.setdefault(placement, {"budget": args.budget, "runs": []})
+            pl = entry.setdefault(
+                variant(placement, recipe), {"budget": args.budget, "recipe": recipe, "runs": []}
+            )
             for seed in [] if args.final_only else args.seeds:
                 if any(r["seed"] == seed for r in pl["runs"]):
                     continue
                 pl["budget"] = args.budget
-                pl["runs"].append(tune(model_dir, task, placement, seed, args.budget, args.runs))
+                pl["runs"].append(tune(model_dir, task, placement, seed, args.budget, args.runs, recipe))
                 pl["runs"].sort(key=lambda r: r["seed"])
                 for key in ("best_dev", "zero_shot_dev_z0", "tuning_wall_s"):
                     pl[key] = mean_sd([r[key] for r in pl["runs"]])
                 save()
                 print(json.dumps(pl["runs"][-1]), flush=True)
         if args.final or args.final_only:
-            folders = {p: [args.runs / f"{task}_{p}_{seed}" for seed in args.seeds] for p in args.placements}
-            final = final_scores(model_dir, task, folders, not args.no_zero_shot)
+            folders = {
+                p: [run_folder(args.runs, task, p, seed, recipe) for seed in args.seeds]
+                for p in args.placements
+            }
+            final = final_scores(model_dir, task, folders, not args.no_zero_shot, recipe)
             for placement in args.placements:
-                pl = entry.setdefault(placement, {"budget": args.budget, "runs": []})
-                pl["runs"] = [tune(model_dir, task, placement, s, args.budget, args.runs) for s in args.seeds]
+                pl = entry.setdefault(
+                    variant(placement, recipe), {"budget": args.budget, "recipe": recipe, "runs": []}
+                )
+                pl["runs"] = [
+                    tune(model_dir, task, placement, s, args.budget, args.runs, recipe) for s in args.seeds
+                ]
                 for r, score_ in zip(pl["runs"], final[placement]["test_tuned"], strict=True):
                     r["test_tuned"] = score_
                 for key in ("best_dev", "zero_shot_dev_z0", "tuning_wall_s", "test_tuned"):

@@ -305,18 +305,10 @@ def build_config(config_file: Path | None, options: dict[str, Any]):
         msgs = "; ".join(short_error(e) for e in exc.errors())
         raise DataOwnerError(f"invalid run options: {msgs}") from exc
     if config.prompt_init == "template" and "prompt_length" not in base:
-        config = config.model_copy(update={"prompt_length": template_length(config)})
+        from data_owner.decoder import with_template_length
+
+        config = with_template_length(config)
     return config
-
-
-def template_length(config) -> int:
-    """The prompt length a ``template``-initialised decoder prompt has (decoder.template_prompt_length)."""
-    from data_owner.decoder import DecoderModel, is_decoder_folder, template_prompt_length
-    from data_owner.task import load_task
-
-    if not is_decoder_folder(config.model):
-        raise DataOwnerError(f"--prompt-init template is for decoders; {config.model} is not one")
-    return template_prompt_length(DecoderModel.open(Path(config.model)).tokenizer, load_task(config.task))
 
 
 @main.command()

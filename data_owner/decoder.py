@@ -285,6 +285,16 @@ def template_prompt_length(tokenizer: Any, task: TaskSpec) -> int:
     return count
 
 
+def with_template_length(config: Any) -> Any:
+    """``config`` (a RunConfig) with the prompt length its ``template``-initialised prompt has."""
+    from data_owner.task import load_task
+
+    if not is_decoder_folder(config.model):
+        raise DataOwnerError(f"--prompt-init template is for decoders; {config.model} is not one")
+    length = template_prompt_length(DecoderModel.open(Path(config.model)).tokenizer, load_task(config.task))
+    return config.model_copy(update={"prompt_length": length})
+
+
 def check_context(cfg: DecoderConfig, prompt_length: int, longest: int, tail: int, where: str) -> None:
     """Refuse a sequence (prompt + longest example part + answer template) beyond the model's positions."""
     total = prompt_length + longest + tail
