@@ -50,9 +50,14 @@ def attention_of(mode: str, folder: Path | None) -> tuple[AttentionConfig, str]:
 
 
 def bench_efficient_forward(
-    seq_lens: tuple[int, ...], suites: tuple[str, ...], models: dict[str, Path], batch: int = 1
+    seq_lens: tuple[int, ...],
+    suites: tuple[str, ...],
+    models: dict[str, Path],
+    batch: int = 1,
+    on_row=lambda rows: None,
 ) -> list[dict]:
-    rows = []
+    """Every (length, suite, mode) row; ``on_row(rows)`` after each, so a long run keeps what it measured."""
+    rows: list[dict] = []
     for seq_len in seq_lens:
         join = max(1, seq_len // 64)  # reviews are 60-200 tokens: enough text to fill every row
         for suite in suites:
@@ -85,6 +90,7 @@ def bench_efficient_forward(
                         "load_average": [round(v, 2) for v in os.getloadavg()],
                     }
                 )
+                on_row(rows)
                 print(
                     f"  forward {suite} T={seq_len} {mode}: {m.seconds:.1f} s, "
                     f"{(m.bytes + m.dealer_bytes) / 2**20:.0f} MiB, {m.rounds} rounds, err {err:.1e}",
@@ -100,10 +106,17 @@ def ratios(rows: list[dict]) -> list[dict]:
         if row["attention"] == "softmax":
             continue
         base = next(
-            r
-            for r in rows
-            if r["attention"] == "softmax" and r["suite"] == row["suite"] and r["seq_len"] == row["seq_len"]
+            (
+                r
+                for r in rows
+                if r["attention"] == "softmax"
+                and r["suite"] == row["suite"]
+                and r["seq_len"] == row["seq_len"]
+            ),
+            None,
         )
+        if base is None:
+            continue
         out.append(
             {
                 "suite": row["suite"],
@@ -136,19 +149,27 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--model takes rfa=DIR or favor=DIR, got {item!r}")
         models[mode] = Path(folder).resolve()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    rows = bench_efficient_forward(
-        tuple(int(t) for t in args.seq_lens.split(",")), tuple(args.suites.split(",")), models, args.batch
+    result: dict = {}
+
+    def save(rows: list[dict]) -> None:
+        result.update(
+            what=__doc__.split("\n\n")[0],
+            model=str(minilm_folder()),
+            started=started,
+            machine=machine_info(),
+            rows=rows,
+            ratios=ratios(rows),
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+    bench_efficient_forward(
+        tuple(int(t) for t in args.seq_lens.split(",")),
+        tuple(args.suites.split(",")),
+        models,
+        args.batch,
+        save,
     )
-    result = {
-        "what": __doc__.split("\n\n")[0],
-        "model": str(minilm_folder()),
-        "started": started,
-        "machine": machine_info(),
-        "rows": rows,
-        "ratios": ratios(rows),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     for r in result["ratios"]:
         print(
             f"  {r['suite']} T={r['seq_len']} {r['attention']}: "
