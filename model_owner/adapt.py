@@ -68,14 +68,23 @@ def corpus_sentences() -> list[str]:
     return out
 
 
-def corpus_batches(tokenizer, max_len: int, seed: int, held_out: int) -> tuple[list[str], list[str]]:
-    """(training texts, held-out texts): sentences joined to about max_len tokens, shuffled with ``seed``."""
+def corpus_batches(
+    tokenizer, max_len: int, seed: int, held_out: int, min_len: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(training texts, held-out texts): sentences joined to about max_len tokens, shuffled with ``seed``.
+
+    With ``min_len`` each sequence's target length is drawn uniformly from [min_len, max_len] (seeded):
+    single short sentences as well as long packed ones, the spread of lengths task inputs have.
+    """
+    lengths = np.random.default_rng([seed, 0x1E])
+    target = max_len if min_len is None else int(lengths.integers(min_len, max_len + 1))
     texts, current, length = [], [], 0
     for sentence in corpus_sentences():
         n = len(tokenizer.tokenize(sentence))
-        if current and length + n > max_len - 2:
+        if current and length + n > target - 2:
             texts.append(" ".join(current))
             current, length = [], 0
+            target = max_len if min_len is None else int(lengths.integers(min_len, max_len + 1))
         current.append(sentence)
         length += n
     if current:
@@ -250,8 +259,10 @@ def measure_fidelity(
     embeds: np.ndarray,
     mask: np.ndarray,
     batch: int = 32,
+    reference: dict[str, np.ndarray] | None = None,
 ) -> AttentionFidelity:
-    """Agreement of ``attn`` with exact softmax, in float64 through the reference PlainBackend."""
+    """Agreement of ``attn`` on ``tensors`` with exact softmax on ``reference`` (the original checkpoint;
+    default ``tensors`` itself), in float64 through the reference PlainBackend."""
     from mpc_core.nn.backend import PlainBackend
     from mpc_core.nn.encoder import encode
 
@@ -266,7 +277,7 @@ def measure_fidelity(
 
     cos, rel = [], []
     B = Counting(tensors)
-    ref_backend = PlainBackend(tensors)
+    ref_backend = PlainBackend(tensors if reference is None else reference)
     for start in range(0, len(embeds), batch):
         x, mk = embeds[start : start + batch], mask[start : start + batch]
         ref = encode(ref_backend, cfg, AttentionConfig(), x, mk)
@@ -281,8 +292,8 @@ def measure_fidelity(
     return AttentionFidelity(
         domain_violations=sum(violations.values()),
         violated=sorted(violations),
-        pooled_cosine_mean=float(np.mean(cos)),
-        pooled_cosine_min=float(np.min(cos)),
+        pooled_cosine_mean=float(np.clip(np.mean(cos), -1.0, 1.0)),
+        pooled_cosine_min=float(np.clip(np.min(cos), -1.0, 1.0)),
         hidden_relative_error=float(np.mean(rel)),
         floored_denominators=hit / total if total else 0.0,
         sequences=len(embeds),
@@ -310,6 +321,30 @@ def initial_scales(enc: TorchEncoder, inputs: list, mask) -> list:
 
 
 TUNE_CHOICES = ("scales", "attention", "all")
+#: ``--tune all``: corpus sequences are drawn with lengths in [MIN_LEN, max_len] tokens.
+MIN_LEN = 8
+#: ``--tune all``: half the training sequences carry the data owner's input layout, PROMPT_ROWS placeholder
+#: rows after the first token (secp-tune's default prompt length), each row moved by Gaussian noise of
+#: std PROMPT_NOISE (about the std of the embedding-layer output a tuned prompt is added to) in half of
+#: those: the adapted model then also follows the teacher on prompted inputs.
+PROMPT_ROWS = 5
+PROMPT_NOISE = 0.5
+
+
+def training_inputs(embed, texts: list[str], rng: np.random.Generator):
+    """Embedding-layer outputs [N, T, H] and masks of the training sequences (see PROMPT_ROWS)."""
+    half = len(texts) // 2
+    plain_x, plain_m = embed(texts[:half])
+    prompt_x, prompt_m = embed(texts[half:], PROMPT_ROWS)
+    noisy = rng.random(len(prompt_x)) < 0.5
+    noise = rng.normal(scale=PROMPT_NOISE, size=(int(noisy.sum()), PROMPT_ROWS, prompt_x.shape[-1]))
+    prompt_x[noisy, 1 : 1 + PROMPT_ROWS] += noise
+    t = max(plain_x.shape[1], prompt_x.shape[1])
+
+    def pad(a):
+        return np.pad(a, [(0, 0), (0, t - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    return np.concatenate([pad(plain_x), pad(prompt_x)]), np.concatenate([pad(plain_m), pad(prompt_m)])
 
 
 def adapt_checkpoint(
@@ -356,11 +391,12 @@ def adapt_checkpoint(
     from contract.inputs import encode_texts
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    train_texts, test_texts = corpus_batches(tokenizer, max_len, seed, held_out)
+    min_len = MIN_LEN if tune == "all" else None
+    train_texts, test_texts = corpus_batches(tokenizer, max_len, seed, held_out, min_len)
     emb = PublicEmbeddings.from_tensors(cfg, tensors)
 
-    def embed(texts):
-        enc = encode_texts(tokenizer, texts, 0, max_len)
+    def embed(texts, prompt_len=0):
+        enc = encode_texts(tokenizer, texts, prompt_len, max_len + prompt_len)
         return emb(enc.input_ids), np.asarray(enc.mask)
 
     test_x, test_mask = embed(test_texts)
@@ -370,7 +406,7 @@ def adapt_checkpoint(
     enc32 = TorchEncoder(cfg, tensors, torch.float32)
     rng = np.random.default_rng([seed, 0xAD])
     if tune == "all":
-        tx, tm = embed(train_texts)
+        tx, tm = training_inputs(embed, train_texts, rng)
         learned = distil_end_to_end(
             enc32,
             attn,
@@ -390,7 +426,7 @@ def adapt_checkpoint(
         )
         trained = ["attn.scale"] + (["attn.q", "attn.k"] if tune == "attention" else [])
     adapted = {**tensors, **learned}
-    after = measure_fidelity(cfg, adapted, attn, test_x, test_mask)
+    after = measure_fidelity(cfg, adapted, attn, test_x, test_mask, reference=tensors)
     log(f"after: {after.model_dump()}")
     seconds = time.perf_counter() - start
     record = AdaptationRecord(

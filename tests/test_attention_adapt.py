@@ -127,6 +127,52 @@ def test_end_to_end_adaptation_replaces_every_block_tensor(adapted, adapted_all,
     assert "all block weights" in record.trained and record.steps == 3
 
 
+def test_fidelity_of_an_end_to_end_adaptation_is_against_the_original_model(adapted, adapted_all):
+    """Softmax on the fine-tuned weights is not the teacher: the reference must be the original tensors."""
+    from model_owner.adapt import measure_fidelity
+
+    ckpt, _ = adapted
+    cfg, original = load_checkpoint(ckpt)
+    _, weights = load_checkpoint(adapted_all["favor"])
+    x, mask = _batch(cfg, original, seed=6)
+    softmax = AttentionConfig()
+    assert measure_fidelity(cfg, weights, softmax, x, mask).pooled_cosine_mean == pytest.approx(1.0)
+    moved = measure_fidelity(cfg, weights, softmax, x, mask, reference=original)
+    assert moved.pooled_cosine_mean < 1.0 - 1e-6
+    same = measure_fidelity(cfg, original, softmax, x, mask, reference=original)
+    assert same.pooled_cosine_mean == pytest.approx(1.0)
+
+
+def test_varied_corpus_lengths_and_prompted_training_inputs(adapted):
+    from transformers import AutoTokenizer
+
+    from model_owner.adapt import PROMPT_ROWS, corpus_batches, training_inputs
+
+    ckpt, _ = adapted
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+    packed, _ = corpus_batches(tokenizer, 48, 0, 4)
+    varied, _ = corpus_batches(tokenizer, 48, 0, 4, min_len=8)
+    counts = np.array([len(tokenizer.tokenize(t)) for t in varied])
+    assert len(varied) > len(packed)
+    assert np.mean(counts < 20) > 0.2 and np.mean(counts > 30) > 0.2
+    cfg, weights = load_checkpoint(ckpt)
+    emb = PublicEmbeddings.from_tensors(cfg, weights)
+    from contract.inputs import encode_texts
+
+    def embed(texts, prompt_len=0):
+        enc = encode_texts(tokenizer, texts, prompt_len, 24 + prompt_len)
+        return emb(enc.input_ids), np.asarray(enc.mask)
+
+    x, mask = training_inputs(embed, varied[:40], np.random.default_rng(0))
+    assert x.shape[:2] == mask.shape and len(x) == 40
+    plain, prompted = embed(varied[20:40], PROMPT_ROWS)[0], x[20:]
+    rows = slice(1, 1 + PROMPT_ROWS)
+    moved = np.abs(prompted[:, rows] - plain[:, rows]).max(axis=(1, 2)) > 0
+    assert 0 < moved.sum() < 20  # some prompted sequences carry noise on the placeholder rows, some do not
+    t = plain.shape[1]
+    np.testing.assert_array_equal(prompted[:, 1 + PROMPT_ROWS : t], plain[:, 1 + PROMPT_ROWS :])
+
+
 def test_distillation_loss_is_zero_only_at_the_teacher():
     import torch
 
