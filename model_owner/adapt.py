@@ -331,20 +331,40 @@ PROMPT_ROWS = 5
 PROMPT_NOISE = 0.5
 
 
-def training_inputs(embed, texts: list[str], rng: np.random.Generator):
-    """Embedding-layer outputs [N, T, H] and masks of the training sequences (see PROMPT_ROWS)."""
+def replace_tokens(ids: np.ndarray, mask: np.ndarray, first: int, fraction: float, rng) -> np.ndarray:
+    """ids with a ``fraction`` of the text tokens (real, after the first ``first`` rows, before the last
+    one) replaced by tokens drawn from the same sequences' text tokens (the corpus's own token
+    frequencies): new token combinations for the distillation, still no task text."""
+    ids = ids.copy()
+    lengths = mask.sum(1)
+    body = np.zeros(ids.shape, dtype=bool)
+    for i, n in enumerate(lengths):
+        body[i, first : n - 1] = True
+    pool = ids[body]
+    pick = body & (rng.random(ids.shape) < fraction)
+    ids[pick] = rng.choice(pool, size=int(pick.sum()))
+    return ids
+
+
+def training_inputs(embed, texts: list[str], rng: np.random.Generator, replace: float = 0.0):
+    """Embedding-layer outputs [N, T, H] and masks of the training sequences (see PROMPT_ROWS); with
+    ``replace`` > 0 a second copy of every sequence with that fraction of its tokens replaced
+    (:func:`replace_tokens`) is added."""
     half = len(texts) // 2
-    plain_x, plain_m = embed(texts[:half])
-    prompt_x, prompt_m = embed(texts[half:], PROMPT_ROWS)
-    noisy = rng.random(len(prompt_x)) < 0.5
-    noise = rng.normal(scale=PROMPT_NOISE, size=(int(noisy.sum()), PROMPT_ROWS, prompt_x.shape[-1]))
-    prompt_x[noisy, 1 : 1 + PROMPT_ROWS] += noise
-    t = max(plain_x.shape[1], prompt_x.shape[1])
+    parts = [embed(texts[:half]), embed(texts[half:], PROMPT_ROWS)]
+    if replace > 0:
+        parts += [embed(texts[:half], 0, replace, rng), embed(texts[half:], PROMPT_ROWS, replace, rng)]
+    for x, _ in parts[1::2]:  # the prompted parts: half of them with noise on the placeholder rows
+        noisy = rng.random(len(x)) < 0.5
+        x[noisy, 1 : 1 + PROMPT_ROWS] += rng.normal(
+            scale=PROMPT_NOISE, size=(int(noisy.sum()), PROMPT_ROWS, x.shape[-1])
+        )
+    t = max(x.shape[1] for x, _ in parts)
 
     def pad(a):
         return np.pad(a, [(0, 0), (0, t - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
 
-    return np.concatenate([pad(plain_x), pad(prompt_x)]), np.concatenate([pad(plain_m), pad(prompt_m)])
+    return np.concatenate([pad(x) for x, _ in parts]), np.concatenate([pad(m) for _, m in parts])
 
 
 def adapt_checkpoint(
@@ -362,6 +382,7 @@ def adapt_checkpoint(
     lr: float = 0.05,
     weight_lr: float = 1e-4,
     pool_size: int = 128,
+    replace: float = 0.0,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> AdaptationRecord:
@@ -370,7 +391,8 @@ def adapt_checkpoint(
     ``tune``: ``scales`` (the per-head scales, block-local loss on the attention contexts), ``attention``
     (also the query and key projections, block-local), or ``all`` (end to end: every block's weights,
     LayerNorms and the scales, loss on every block's output and the pooled sentence embedding, see
-    :func:`distil_end_to_end`; ``pool_size`` is then ignored: every training sequence is used).
+    :func:`distil_end_to_end`; ``pool_size`` is then ignored: every training sequence is used, and
+    ``replace`` > 0 adds a copy of each with that fraction of its tokens replaced, :func:`replace_tokens`).
     """
     import torch
 
@@ -395,9 +417,12 @@ def adapt_checkpoint(
     train_texts, test_texts = corpus_batches(tokenizer, max_len, seed, held_out, min_len)
     emb = PublicEmbeddings.from_tensors(cfg, tensors)
 
-    def embed(texts, prompt_len=0):
+    def embed(texts, prompt_len=0, replace=0.0, rng=None):
         enc = encode_texts(tokenizer, texts, prompt_len, max_len + prompt_len)
-        return emb(enc.input_ids), np.asarray(enc.mask)
+        ids, mask = np.asarray(enc.input_ids), np.asarray(enc.mask)
+        if replace > 0:
+            ids = replace_tokens(ids, mask, 1 + prompt_len, replace, rng)
+        return emb(ids), mask
 
     test_x, test_mask = embed(test_texts)
     before = measure_fidelity(cfg, tensors, attn, test_x, test_mask)
@@ -406,7 +431,7 @@ def adapt_checkpoint(
     enc32 = TorchEncoder(cfg, tensors, torch.float32)
     rng = np.random.default_rng([seed, 0xAD])
     if tune == "all":
-        tx, tm = training_inputs(embed, train_texts, rng)
+        tx, tm = training_inputs(embed, train_texts, rng, replace)
         learned = distil_end_to_end(
             enc32,
             attn,

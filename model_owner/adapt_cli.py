@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weight-lr", type=float, default=1e-4, help="--tune all: peak Adam rate of the weights"
     )
+    parser.add_argument(
+        "--replace",
+        type=float,
+        default=0.0,
+        help="--tune all: add a copy of every corpus sequence with this fraction of its tokens replaced",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     return parser
@@ -70,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_len=args.max_len,
             lr=args.lr,
             weight_lr=args.weight_lr,
+            replace=args.replace,
             threads=args.threads,
             force=args.force,
             log=lambda line: print(line, file=sys.stderr, flush=True),

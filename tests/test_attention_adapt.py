@@ -173,6 +173,25 @@ def test_varied_corpus_lengths_and_prompted_training_inputs(adapted):
     np.testing.assert_array_equal(prompted[:, 1 + PROMPT_ROWS : t], plain[:, 1 + PROMPT_ROWS :])
 
 
+def test_replace_tokens_touches_only_text_tokens():
+    from model_owner.adapt import replace_tokens
+
+    rng = np.random.default_rng(0)
+    ids = np.array(
+        [[101, 7, 7, 11, 12, 13, 14, 15, 16, 102, 0, 0], [101, 7, 7, 21, 22, 23, 24, 102, 0, 0, 0, 0]]
+    )
+    mask = (ids != 0).astype(np.int64)
+    out = replace_tokens(ids, mask, 3, 0.5, rng)
+    assert out.shape == ids.shape
+    np.testing.assert_array_equal(out[:, :3], ids[:, :3])  # first token and placeholder rows kept
+    np.testing.assert_array_equal(out[ids == 0], 0)  # padding kept
+    assert out[0, 9] == 102 and out[1, 7] == 102  # the last real token kept
+    body = np.array([11, 12, 13, 14, 15, 16, 21, 22, 23, 24])
+    changed = out != ids
+    assert changed.any() and np.isin(out[changed], body).all()
+    np.testing.assert_array_equal(replace_tokens(ids, mask, 3, 0.0, rng), ids)
+
+
 def test_distillation_loss_is_zero_only_at_the_teacher():
     import torch
 
