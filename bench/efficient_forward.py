@@ -100,7 +100,7 @@ def bench_efficient_forward(
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """softmax / mode for time and total bytes, per suite and length (rows of one run)."""
+    """softmax / mode for wall time, CPU seconds and total bytes, per suite and length (rows of one run)."""
     out = []
     for row in rows:
         if row["attention"] == "softmax":
@@ -123,6 +123,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "seq_len": row["seq_len"],
                 "attention": row["attention"],
                 "time_ratio": round(base["seconds"] / row["seconds"], 2),
+                # CPU seconds of every participant together: steadier than wall time on a shared machine
+                "cpu_ratio": round(sum(base["party_cpu_seconds"]) / sum(row["party_cpu_seconds"]), 2),
                 "bytes_ratio": round(
                     (base["bytes"] + base["dealer_bytes"]) / (row["bytes"] + row["dealer_bytes"]), 2
                 ),
