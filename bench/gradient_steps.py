@@ -293,6 +293,82 @@ def plaintext_reference(run, steps: int) -> dict[str, Any]:
     return out
 
 
+def torch_autograd_check(method: str) -> dict[str, Any]:
+    """The float64 tape's step-1 gradient (the secure rows' reference) against torch float64 autograd of
+    Hugging Face's encoder of the same checkpoint on the same batch (bench/baselines_accuracy.py's
+    torch_logits and torch_loss): the link from the secure gradients to "transformers autograd"."""
+    import torch
+
+    from bench.baselines_accuracy import load_encoder, torch_logits, torch_loss
+    from data_owner.gradient import batch_rows
+    from mpc_core.nn.backend import PlainBackend
+    from mpc_core.nn.grad import encoder_weight, loss_and_gradients
+    from mpc_core.nn.heads import SimilarityHead, similarity_anchors
+    from mpc_core.nn.weights import _canonical_name, _is_transposed, load_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _gradient_run(method, "2pc", Path(tmp) / "cluster.yaml", Path(tmp))
+        model_cfg, weights = load_checkpoint(minilm_folder())
+        _, split, (anchor_x, anchor_mask) = run._prepare()
+    head = SimilarityHead(similarity_anchors(weights, model_cfg, anchor_x, anchor_mask), SIMILARITY_SCALE)
+    rows = batch_rows(len(split), BATCH, run.config.seed, 1)
+    t = int(split.attention_mask[rows].sum(1).max())
+    mask = split.attention_mask[rows, :t]
+    pool = split.pool_mask[rows, :t] if split.pool_exclude else mask
+    x, y = split.embeds[rows, :t], split.onehot[rows]
+    prompt0 = np.zeros((1, run.config.prompt_length, model_cfg.hidden)) if method == "prompt" else None
+    g = loss_and_gradients(
+        PlainBackend(weights),
+        model_cfg,
+        head,
+        x,
+        prompt0,
+        y,
+        mask,
+        loss_scale=LOSS_SCALE,
+        prompt_grad=method == "prompt",
+        trainable=encoder_weight if method == "sft" else (lambda n: False),
+        pool_mask=None if not split.pool_exclude else pool,
+    )
+    ours = (
+        {"prompt": g.prompts / LOSS_SCALE}
+        if method == "prompt"
+        else {n: v / LOSS_SCALE for n, v in g.weights.items()}
+    )
+    torch.set_num_threads(1)
+    encoder = load_encoder(str(minilm_folder()), torch.float64)
+    p = torch.zeros(prompt0.shape, dtype=torch.float64, requires_grad=True) if prompt0 is not None else None
+    f64 = torch.float64
+    logits = torch_logits(
+        encoder,
+        torch.tensor(x, dtype=f64),
+        p,
+        torch.tensor(mask, dtype=f64),
+        torch.tensor(pool, dtype=f64),
+        torch.tensor(head.anchors, dtype=f64),
+        head.scale,
+    )
+    loss = torch_loss("ce", logits, torch.tensor(np.argmax(y, axis=1)))
+    loss.backward()
+    if method == "prompt":
+        ref = {"prompt": p.grad.numpy()}
+    else:
+        ref = {}
+        for raw, param in encoder.named_parameters():
+            name = _canonical_name(f"encoder.{raw}")
+            if name is not None and encoder_weight(name):
+                grad = param.grad.numpy()
+                ref[name] = grad.T if _is_transposed(name) else grad
+        if set(ref) != set(ours):
+            raise RuntimeError("torch's trained tensors are not the tape's")
+    return {
+        "method": method,
+        "loss_tape": float(g.losses[0]),
+        "loss_torch": float(loss.item()),
+        "grad_rel_err": _relative(ours, ref),
+    }
+
+
 def _relative(secure: dict[str, np.ndarray], plain: dict[str, np.ndarray]) -> dict[str, Any]:
     """max |s - p| / max |p| over the whole vector, and the worst tensor's; tensors whose float64
     gradient is 0 to rounding (the attention key biases: softmax ignores them) are reported apart, by
@@ -683,7 +759,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=BATCH, help="rows per gradient step (forward-only: 32)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
+    parser.add_argument(
+        "--torch-check",
+        action="store_true",
+        help="add the float64 tape vs torch autograd check to --out and stop",
+    )
     args = parser.parse_args(argv)
+    if args.torch_check:
+        result = json.loads(args.out.read_text())
+        checks = [torch_autograd_check(m) for m in ("prompt", "sft")]
+        result["float64_tape_vs_torch_autograd"] = checks
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(checks, indent=1))
+        return result
     if args.table:
         result = json.loads(args.out.read_text())
         print(markdown(result))
@@ -719,6 +807,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mpc_core/transport/shaping.py: lan 3 Gbps / 0.8 ms, wan 100 Mbps / 80 ms)",
         "rows": keep,
     }
+    if "float64_tape_vs_torch_autograd" in previous:  # from --torch-check (no secure rows involved)
+        result["float64_tape_vs_torch_autograd"] = previous["float64_tape_vs_torch_autograd"]
 
     def save() -> None:
         for r in result["rows"]:
