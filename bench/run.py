@@ -36,7 +36,20 @@ def _sections() -> dict[str, object]:
         "forward": bench_forward,
         "network": bench_network,
         "tuning": bench_tuning,
+        "gradient": _gradient_section,
     }
+
+
+#: Sections measured only when named in --only (each takes about an hour on a 2-core machine).
+OPT_IN = {"gradient"}
+
+
+def _gradient_section() -> list[dict]:
+    """Issue 14's per-iteration rows (bench/gradient_steps.py, which also writes its own JSON)."""
+    from bench.gradient_steps import main as gradient_steps
+
+    rows = gradient_steps(["--suites", "2pc", "3pc"])["rows"]
+    return [r for r in rows if "failed" not in r]  # a failed row stays in gradient_steps.json
 
 
 MIB = 2**20
@@ -139,6 +152,28 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
             ),
         ],
     ),
+    "gradient": (
+        "gradient (issue 14: one step of each method on shares, 32 SST-2 rows, gRPC, unshaped; "
+        "lan/wan MODELLED)",
+        [
+            SUITE,
+            ("row", lambda r: r["row"]),
+            _number("seconds", ".1f"),
+            PARTY_CPU,
+            _mib("party_bytes", "MiB parties", 0),
+            _mib("dealer_bytes", "dealer MiB", 0),
+            ROUNDS,
+            (
+                "modelled lan / wan s",
+                lambda r: (
+                    f"{r['modelled_seconds']['lan']:.0f} / {r['modelled_seconds']['wan']:.0f}"
+                    if "modelled_seconds" in r
+                    else "-"
+                ),
+            ),
+            ("load", lambda r: r.get("load_average_before_after", "-")),
+        ],
+    ),
     "tuning": (
         "tuning (one CMA-ES generation: popsize 20 x 32 SST-2 rows, L = 5, d = 50, softmax)",
         [
@@ -204,7 +239,11 @@ def render_markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     sections = _sections()
-    parser.add_argument("--only", default=",".join(sections), help="comma-separated sections to measure")
+    parser.add_argument(
+        "--only",
+        default=",".join(s for s in sections if s not in OPT_IN),
+        help=f"comma-separated sections to measure (by default all but {sorted(OPT_IN)})",
+    )
     parser.add_argument(
         "--network", default="lan,wan", help="network section: shaping profiles to measure (others are kept)"
     )
