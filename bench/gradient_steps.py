@@ -206,7 +206,9 @@ def forward_only_rows(suite: str, path: Path, cluster, generation: bool) -> list
 
 
 # ---------------------------------------------------------------------------------------------- gradient
-def _gradient_run(method: str, suite: str, path: Path, folder: Path, batch: int = BATCH):
+def _gradient_run(
+    method: str, suite: str, path: Path, folder: Path, batch: int = BATCH, loss_scale: float = LOSS_SCALE
+):
     from data_owner.gradient import GradientConfig, GradientRun
 
     config = GradientConfig(
@@ -219,7 +221,7 @@ def _gradient_run(method: str, suite: str, path: Path, folder: Path, batch: int 
         batch_size=batch,
         prompt_length=TUNING["prompt_length"],
         max_length=128,
-        loss_scale=LOSS_SCALE,
+        loss_scale=loss_scale,
         similarity_scale=SIMILARITY_SCALE,
         seed=0,
         **ADAM[method],
@@ -416,14 +418,20 @@ def _read_checkpoint(path: Path, suite: str, checkpoint: str) -> tuple[dict, dic
 
 
 def gradient_rows(
-    method: str, suite: str, path: Path, cluster, steps: int, batch: int = BATCH
+    method: str,
+    suite: str,
+    path: Path,
+    cluster,
+    steps: int,
+    batch: int = BATCH,
+    loss_scale: float = LOSS_SCALE,
 ) -> list[dict[str, Any]]:
     from data_owner.gradient import batch_rows
     from mpc_core.ring import FixedPoint
     from proto.contracts import padding_lengths
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = _gradient_run(method, suite, path, Path(tmp), batch)
+        run = _gradient_run(method, suite, path, Path(tmp), batch, loss_scale)
         start = time.perf_counter()
         reference = plaintext_reference(run, steps)
         plain_total = time.perf_counter() - start
@@ -434,6 +442,8 @@ def gradient_rows(
         name = "SFT step" if method == "sft" else "gradient prompt tuning step"
         if batch != BATCH:
             name += f", batch {batch}"
+        if loss_scale != LOSS_SCALE:
+            name += f", loss scale {loss_scale:g}"
         rows = []
         try:
             for step in range(1, steps + 1):
@@ -474,7 +484,7 @@ def gradient_rows(
                     "secure_loss": loss,
                     "float64_loss": plain_loss,
                     "abs_loss_err_vs_float64": abs(loss - plain_loss),
-                    "adam": {**ADAM[method], "loss_scale": LOSS_SCALE},
+                    "adam": {**ADAM[method], "loss_scale": run.config.loss_scale},
                 }
                 if step == 1:
                     record.update(_step_one_fidelity(path, suite, run.config.checkpoint_id, reference))
@@ -544,6 +554,7 @@ def ratios(rows: list[dict]) -> dict[str, Any]:
             and "first request" not in r["row"]
             and "failed" not in r
             and r.get("examples", BATCH) == BATCH
+            and _loss_scale(r) == LOSS_SCALE
         ]
         pick = {
             "sft": next((r for r in mine if r.get("method") == "sft"), None),
@@ -597,7 +608,12 @@ def end_to_end(rows: list[dict[str, Any]], task: str = TASK) -> dict[str, Any]:
     out: dict[str, Any] = {"task": task, "forward_only_recipe": recipe, "suites": {}}
     for suite in sorted({r["suite"] for r in rows}):
         mine = [
-            r for r in rows if r["suite"] == suite and "failed" not in r and "first request" not in r["row"]
+            r
+            for r in rows
+            if r["suite"] == suite
+            and "failed" not in r
+            and "first request" not in r["row"]
+            and _loss_scale(r) == LOSS_SCALE
         ]
         gen = next((r for r in mine if "generation" in r["row"]), None)
         cand = next((r for r in mine if r["row"] == "forward-only, 1 candidate"), None)
@@ -757,6 +773,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompt-steps", type=int, default=2)
     parser.add_argument("--sft-steps", type=int, default=1)
     parser.add_argument("--batch", type=int, default=BATCH, help="rows per gradient step (forward-only: 32)")
+    parser.add_argument("--loss-scale", type=float, default=LOSS_SCALE, help="gradient jobs' loss scale S")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     parser.add_argument(
@@ -783,7 +800,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def replaced(r: dict) -> bool:  # measured again in this run
         same_batch = r.get("examples", BATCH) == (args.batch if _method(r) != "forward" else BATCH)
-        return r["suite"] in args.suites and _method(r) in args.methods and same_batch
+        same_scale = _method(r) == "forward" or _loss_scale(r) == args.loss_scale
+        return r["suite"] in args.suites and _method(r) in args.methods and same_batch and same_scale
 
     keep = [r for r in previous.get("rows", []) if not replaced(r)]
     result = {
@@ -831,7 +849,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     if method == "forward":
                         new = forward_only_rows(suite, path, cluster, not args.no_generation)
                     else:
-                        new = gradient_rows(method, suite, path, cluster, steps, args.batch)
+                        new = gradient_rows(method, suite, path, cluster, steps, args.batch, args.loss_scale)
                 except Exception as exc:  # keep the rows so far, say what failed
                     new = [
                         {
@@ -851,6 +869,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _method(row: dict) -> str:
     return row.get("method", "forward")
+
+
+def _loss_scale(row: dict) -> float:
+    return float(row.get("adam", {}).get("loss_scale", LOSS_SCALE))
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs
