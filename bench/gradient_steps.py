@@ -4,8 +4,9 @@ On a real local cluster (gRPC on loopback, mutual TLS, one server process per pa
 shaping) holding ``secp-share-model`` shares of all-MiniLM-L6-v2, for each suite (2pc, 3pc):
 
 * ``forward-only, 1 candidate``: one loss of one candidate prompt (L = 5, d = 50) over the 32 SST-2
-  training rows, as `secp-tune run` asks it (:mod:`data_owner.backends.secure`: length-sorted parts under
-  ``max_sequences`` 16).  Measured twice in one job: the first request also opens the fixed weights' masks
+  training rows, through the data owner's secure oracle as `secp-tune run` uses it
+  (:mod:`data_owner.backends.secure`: length-sorted parts; ``max_sequences`` 16, see below).  Measured
+  twice in one job: the first request also opens the fixed weights' masks
   (once per job), the second is the steady state.
 * ``forward-only, CMA-ES generation``: the 20 candidates of one generation in one request, same job.
   The servers run its 640 sequences in groups of ``max_sequences`` = 16 (memory: the default 0, all at
@@ -35,6 +36,11 @@ they are modelled per row from the measured counts, labelled as such: unshaped w
 latency + (largest bytes sent by one participant) x 8 / bandwidth, with the presets of
 :mod:`mpc_core.transport.shaping`.  No overlap of compute and transfer is assumed, and in 3pc a party's
 bytes are put on one link (they go over two): an upper-bound style model.
+
+``--batch 8`` measures the gradient steps at the plaintext baselines' batch, ``--loss-scale`` at another
+loss scale (rows named so, kept out of the ratios); ``--torch-check`` records the float64 tape's gradient
+against torch autograd of the Hugging Face encoder; :func:`end_to_end` DERIVES each method's cost to its
+dev-selected state from the plaintext runs' schedules x the measured rows; ``--table`` prints the tables.
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 5 python -m bench.gradient_steps --suites 2pc 3pc
 """
@@ -194,7 +200,8 @@ def forward_only_rows(suite: str, path: Path, cluster, generation: bool) -> list
                     **common,
                     "candidates": len(p),
                     **row,
-                    "plaintext_float64_seconds": round(plain_s * len(p) / len(prompts), 2),
+                    # the plain oracle ran the 20 candidates once: its time prorated (derived)
+                    "plaintext_float64_seconds_prorated": round(plain_s * len(p) / len(prompts), 2),
                     "max_abs_loss_err_vs_float64": float(np.max(np.abs(losses - ref))),
                     "secure_losses": [round(float(v), 6) for v in losses],
                 }
