@@ -562,6 +562,7 @@ def ratios(rows: list[dict]) -> dict[str, Any]:
             and "failed" not in r
             and r.get("examples", BATCH) == BATCH
             and _loss_scale(r) == LOSS_SCALE
+            and _network(r) == "none"
         ]
         pick = {
             "sft": next((r for r in mine if r.get("method") == "sft"), None),
@@ -621,6 +622,7 @@ def end_to_end(rows: list[dict[str, Any]], task: str = TASK) -> dict[str, Any]:
             and "failed" not in r
             and "first request" not in r["row"]
             and _loss_scale(r) == LOSS_SCALE
+            and _network(r) == "none"
         ]
         gen = next((r for r in mine if "generation" in r["row"]), None)
         cand = next((r for r in mine if r["row"] == "forward-only, 1 candidate"), None)
@@ -714,7 +716,10 @@ def markdown(result: dict[str, Any]) -> str:
         "| load before/after |",
         "|" + "---|" * 13,
     ]
+    shaped = [r for r in result["rows"] if _network(r) != "none" and "failed" not in r]
     for r in result["rows"]:
+        if _network(r) != "none" and "failed" not in r:
+            continue
         if "failed" in r:
             lines.append(f"| {r['suite']} | {r['row']} | - | {r['failed'][:80]} |" + " |" * 9)
             continue
@@ -735,6 +740,20 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['dealer_bytes'] / 1e9:.1f} | {r['rounds']} | {m.get('lan', float('nan')):.0f} | "
             f"{m.get('wan', float('nan')):.0f} | {fid} | {r['load_average_before_after']} |"
         )
+    if shaped:
+        lines += [
+            "",
+            "| suite | row | network (shaped, MEASURED) | wall s | model's figure from the unshaped row | "
+            "GB parties | GB dealer | rounds | load before/after |",
+            "|" + "---|" * 9,
+        ]
+        for r in shaped:
+            m = r.get("modelled_seconds_of_unshaped_row")
+            lines.append(
+                f"| {r['suite']} | {_short(r)} | {r['network']} | {r['seconds']:.1f} | "
+                f"{'-' if m is None else f'{m:.0f}'} | {r['party_bytes'] / 1e9:.1f} | "
+                f"{r['dealer_bytes'] / 1e9:.1f} | {r['rounds']} | {r['load_average_before_after']} |"
+            )
     lines += ["", "| suite | ratio (measured rows, this run) | time | bytes |", "|---|---|---|---|"]
     for suite, entry in result.get("ratios", {}).items():
         for k, v in entry.items():
@@ -781,6 +800,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sft-steps", type=int, default=1)
     parser.add_argument("--batch", type=int, default=BATCH, help="rows per gradient step (forward-only: 32)")
     parser.add_argument("--loss-scale", type=float, default=LOSS_SCALE, help="gradient jobs' loss scale S")
+    parser.add_argument(
+        "--network",
+        default="none",
+        choices=sorted(PRESETS),
+        help="shape the peer links (rows named so; they check the model, kept out of the ratios)",
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     parser.add_argument(
@@ -808,7 +833,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def replaced(r: dict) -> bool:  # measured again in this run
         same_batch = r.get("examples", BATCH) == (args.batch if _method(r) != "forward" else BATCH)
         same_scale = _method(r) == "forward" or _loss_scale(r) == args.loss_scale
-        return r["suite"] in args.suites and _method(r) in args.methods and same_batch and same_scale
+        same = same_batch and same_scale and _network(r) == args.network
+        return r["suite"] in args.suites and _method(r) in args.methods and same
 
     keep = [r for r in previous.get("rows", []) if not replaced(r)]
     result = {
@@ -837,15 +863,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def save() -> None:
         for r in result["rows"]:
-            if "bytes_sent_by_participant" in r:
+            if "bytes_sent_by_participant" in r and _network(r) == "none":
                 r["modelled_seconds"] = modelled(r)
+        for r in result["rows"]:  # a shaped row: the model's figure for it, from its unshaped twin
+            if "bytes_sent_by_participant" in r and _network(r) != "none":
+                twin = next(
+                    (
+                        u
+                        for u in result["rows"]
+                        if _network(u) == "none"
+                        and "modelled_seconds" in u
+                        and (u["suite"], u["row"], u.get("examples"))
+                        == (r["suite"], r["row"], r.get("examples"))
+                    ),
+                    None,
+                )
+                r["modelled_seconds_of_unshaped_row"] = (
+                    None if twin is None else twin["modelled_seconds"][_network(r)]
+                )
         result["ratios"] = ratios(result["rows"])
         result["end_to_end"] = end_to_end(result["rows"])
         result["written_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         args.out.write_text(json.dumps(result, indent=1) + "\n")
 
     for suite in args.suites:
-        with minilm_cluster(suite) as (path, cluster):
+        with minilm_cluster(suite, args.network) as (path, cluster):
             print(f"bench gradient_steps {suite}: cluster up, load {_load()}", flush=True)
             todo = [("prompt", args.prompt_steps), ("sft", args.sft_steps), ("forward", None)]
             for method, steps in todo:
@@ -869,6 +911,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(json.dumps(new[-1]), flush=True)
                 for r in new:
                     r["measured_at"] = stamp
+                    r["network"] = args.network
                 result["rows"] += new
                 save()
     return result
@@ -876,6 +919,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _method(row: dict) -> str:
     return row.get("method", "forward")
+
+
+def _network(row: dict) -> str:
+    return row.get("network", "none")
 
 
 def _loss_scale(row: dict) -> float:
