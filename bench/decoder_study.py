@@ -40,6 +40,8 @@ from data_owner.tuner import Tuner
 from mpc_core.nn.decoder import decode, embed_tokens
 from mpc_core.nn.decoder_cache import extend
 
+#: The suffix cache limit of the sessions that score the test split once (a resource limit, not a recipe).
+SCORING_CACHE_LIMIT_MB = 16384.0
 #: Recipe options a study may set beside the placement (``--recipe KEY=VALUE``), with their types.
 RECIPE_OPTIONS = {"prompt_init": str, "alpha": float, "sigma0": float, "popsize": int, "intrinsic_dim": int}
 
@@ -174,7 +176,9 @@ def final_scores(
     try:
         if no_prompt or "suffix" in placements:
             sessions["suffix"] = open_session(
-                run_config(model_dir, task, "suffix", 0, 20), splits=("dev", "test"), std_ref=1.0
+                run_config(model_dir, task, "suffix", 0, 20, {"cache_limit_mb": SCORING_CACHE_LIMIT_MB}),
+                splits=("dev", "test"),
+                std_ref=1.0,
             )
         if no_prompt:
             free = content_free_logits(sessions["suffix"])
@@ -186,10 +190,14 @@ def final_scores(
                     "calibrated": percent(score(spec.metric, logits - free, data.labels)),
                     "examples": len(data),
                 }
+        if recipe and "suffix" in sessions:
+            sessions.pop("suffix").close()  # its caches are not the recipe's: free them before the next
         for placement, folders in placements.items():
             if placement not in sessions or recipe:
+                # scoring only: the whole test split's cache may exceed a run's default limit (AG News: 6 GB)
+                scoring = {**(recipe or {}), "cache_limit_mb": SCORING_CACHE_LIMIT_MB}
                 sessions[placement] = open_session(
-                    run_config(model_dir, task, placement, 0, 20, recipe), splits=("test",), std_ref=1.0
+                    run_config(model_dir, task, placement, 0, 20, scoring), splits=("test",), std_ref=1.0
                 )
             session = sessions[placement]
             labels = session.splits["test"].labels

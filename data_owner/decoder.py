@@ -223,10 +223,17 @@ class DecoderEncoder:
             self.init_ids, self.tail_ids = self.tail_ids[:-1], self.tail_ids[-1:]
         self.word_ids = decoder_word_ids(tokenizer, task.decoder.words)
         empty = self._fill({s: "" for s in task.slots})
-        if len(empty) + len(self.tail_ids) + len(task.slots) > max_length:
+        if len(empty) + self.answer_tokens + len(task.slots) > max_length:
             raise DataOwnerError(
                 f"max_length {max_length} leaves no room for text after the decoder template"
             )
+
+    @property
+    def answer_tokens(self) -> int:
+        """The answer template's tokens, those a template-initialised prompt stands in for included: an
+        example is cut by the same count whatever the prompt's initialisation, so that z = 0 of such a
+        prompt is exactly the plain input."""
+        return len(self.init_ids) + len(self.tail_ids)
 
     def _fill(self, texts: dict[str, str]) -> list[int]:
         filled = SLOT_RE.sub(lambda m: texts[m.group(1)], self.example_template)
@@ -237,7 +244,7 @@ class DecoderEncoder:
         texts = dict(example.texts)
         for _ in range(64):
             ids = self._fill(texts)
-            over = len(ids) + len(self.tail_ids) - self.max_length
+            over = len(ids) + self.answer_tokens - self.max_length
             if over <= 0:
                 return ids
             longest = max(texts, key=lambda s: len(texts[s]))

@@ -234,3 +234,22 @@ def test_template_initialised_prompt_refusals(tiny, tmp_path, no_weights, extra,
     model, data, task = tiny
     out = tmp_path / "run"
     _refused(invoke(run_args(model, data, task, out, *extra)), out, needle)
+
+
+def test_template_initialised_prompt_cuts_examples_as_the_plain_input(tiny) -> None:
+    """A long example is cut by the whole answer template's length under either initialisation, so that
+    z = 0 of a template-initialised prompt stays the plain input for cut examples too."""
+    from data_owner.data import Example
+    from data_owner.decoder import DecoderEncoder
+    from data_owner.task import load_task
+
+    model, _, task_file = tiny
+    tok, task = DecoderModel.open(model).tokenizer, load_task(str(task_file))
+    long_text = " ".join(f"w{i % 9}" for i in range(60))
+    plain = DecoderEncoder(tok, task, 3, 24)
+    templated = DecoderEncoder(tok, task, 1, 24, "template")
+    example = Example({"text": long_text}, 0)
+    ids = plain.token_ids(example)
+    assert len(ids) + len(plain.tail_ids) == 24  # cut
+    assert templated.token_ids(example) == ids
+    assert templated.init_ids + templated.tail_ids == plain.tail_ids
