@@ -37,11 +37,29 @@ def _sections() -> dict[str, object]:
         "network": bench_network,
         "tuning": bench_tuning,
         "gradient": _gradient_section,
+        "phases": _phases_section,
+        "efficient_forward": _efficient_forward_section,
     }
 
 
-#: Sections measured only when named in --only (each takes about an hour on a 2-core machine).
-OPT_IN = {"gradient"}
+#: Sections measured only when named in --only (gradient about an hour on a 2-core machine, phases and
+#: efficient_forward 10-20 minutes and up to 12 GB in one process).
+OPT_IN = {"gradient", "phases", "efficient_forward"}
+
+
+def _phases_section() -> list[dict]:
+    """Issue 18.1: the dealer's offline phase apart from the parties' online phase (bench/phases_bench.py):
+    the ops under none/lan/wan, and the MiniLM forward 32 x 64's online phase under wan."""
+    from bench.phases_bench import bench_forward_phases, bench_op_phases
+
+    return bench_op_phases(("none", "lan", "wan")) + bench_forward_phases(("wan",), 32, online_only=True)
+
+
+def _efficient_forward_section() -> list[dict]:
+    """Issue 13's cost: the whole secure forward, softmax against rfa/favor, at 128 and 512 tokens."""
+    from bench.efficient_forward import bench_efficient_forward
+
+    return bench_efficient_forward((128, 512), ("2pc", "3pc"), {})
 
 
 def _gradient_section() -> list[dict]:
@@ -172,6 +190,35 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
                 ),
             ),
             ("load", lambda r: r.get("load_average_before_after", "-")),
+        ],
+    ),
+    "phases": (
+        "phases (issue 18.1: 2pc, in-process, emulated network; overlapped vs the dealer first, then online)",
+        [
+            ("case", lambda r: r["case"]),
+            ("network", lambda r: r["network"]),
+            ("overlapped s", lambda r: "-" if r["overlapped_seconds"] is None else r["overlapped_seconds"]),
+            _number("offline_seconds", ".2f", "offline s"),
+            _mib("offline_bytes", "offline MiB", 1),
+            _number("online_seconds", ".2f", "online s"),
+            _mib("online_bytes", "online MiB", 1),
+            ("online rounds", lambda r: r["online_rounds"]),
+            ("max abs err", lambda r: f"{r['max_abs_err']:.1e}"),
+        ],
+    ),
+    "efficient_forward": (
+        "efficient_forward (issue 13: the whole secure MiniLM forward, batch 1, softmax vs rfa/favor)",
+        [
+            SUITE,
+            ("seq", lambda r: r["seq_len"]),
+            ATTENTION,
+            _number("seconds", ".1f"),
+            PARTY_CPU,
+            _mib("bytes", "MiB parties", 0),
+            _mib("dealer_bytes", "dealer MiB", 0),
+            ROUNDS,
+            ("max abs err", lambda r: f"{r['max_abs_logit_err']:.1e}"),
+            ("source", lambda r: r["source"]),
         ],
     ),
     "tuning": (
