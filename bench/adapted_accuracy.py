@@ -285,6 +285,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--secure", type=int, default=0, help="secure-vs-plain check on N test examples")
     parser.add_argument("--suites", nargs="+", default=["2pc", "3pc"])
+    parser.add_argument("--no-softmax", action="store_true", help="runs: skip the softmax runs")
     parser.add_argument("--zero-shot", action="store_true", help="zero-shot test accuracy, both anchor kinds")
     parser.add_argument("--cosine", type=int, default=0, help="task-text cosines on N dev texts per task")
     parser.add_argument("extra", nargs="*", help="after --: further secp-tune run options")
@@ -306,7 +307,7 @@ def main() -> None:
         rows = secure_check(models, args.tasks, args.secure, args.suites)
         result = {"machine": machine, "rows": rows}
     else:
-        if "softmax" not in models:
+        if "softmax" not in models and not args.no_softmax:
             from bench.fidelity import minilm_dir
 
             models = {"softmax": str(minilm_dir()), **models}
