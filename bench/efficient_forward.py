@@ -60,14 +60,13 @@ def bench_efficient_forward(
     rows: list[dict] = []
     for seq_len in seq_lens:
         join = max(1, seq_len // 64)  # reviews are 60-200 tokens: enough text to fill every row
-        for suite in suites:
-            for mode in MODES:
-                folder = models.get(mode)
-                cfg, weights, head, examples, mask, prompt, _ = minilm_setup(
-                    batch, seq_len, folder, join=join
-                )
-                attn, source = attention_of(mode, folder)
-                ref = candidate_logits(PlainBackend(weights), cfg, attn, head, examples, prompt, mask)
+        for mode in MODES:
+            # the checkpoint, inputs and float64 reference depend on the mode and length, not the suite
+            folder = models.get(mode)
+            cfg, weights, head, examples, mask, prompt, _ = minilm_setup(batch, seq_len, folder, join=join)
+            attn, source = attention_of(mode, folder)
+            ref = candidate_logits(PlainBackend(weights), cfg, attn, head, examples, prompt, mask)
+            for suite in suites:
                 prepare, forward = secure_forward(cfg, weights, head, mask, attn, suite)
                 m = measure(suite, "forward", forward, examples, prompt, prepare=prepare)
                 err = float(np.max(np.abs(m.output - ref)))

@@ -195,14 +195,14 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
     "phases": (
         "phases (issue 18.1: 2pc, in-process, emulated network; overlapped vs the dealer first, then online)",
         [
-            ("case", lambda r: r["case"]),
-            ("network", lambda r: r["network"]),
+            _field("case"),
+            _field("network"),
             ("overlapped s", lambda r: "-" if r["overlapped_seconds"] is None else r["overlapped_seconds"]),
             _number("offline_seconds", ".2f", "offline s"),
             _mib("offline_bytes", "offline MiB", 1),
             _number("online_seconds", ".2f", "online s"),
             _mib("online_bytes", "online MiB", 1),
-            ("online rounds", lambda r: r["online_rounds"]),
+            _field("online_rounds", "online rounds"),
             ("max abs err", lambda r: f"{r['max_abs_err']:.1e}"),
         ],
     ),
@@ -210,7 +210,7 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
         "efficient_forward (issue 13: the whole secure MiniLM forward, batch 1, softmax vs rfa/favor)",
         [
             SUITE,
-            ("seq", lambda r: r["seq_len"]),
+            _field("seq_len", "seq"),
             ATTENTION,
             _number("seconds", ".1f"),
             PARTY_CPU,
@@ -218,7 +218,7 @@ COLUMNS: dict[str, tuple[str, list[tuple[str, object]]]] = {
             _mib("dealer_bytes", "dealer MiB", 0),
             ROUNDS,
             ("max abs err", lambda r: f"{r['max_abs_logit_err']:.1e}"),
-            ("source", lambda r: r["source"]),
+            _field("source"),
         ],
     ),
     "tuning": (
